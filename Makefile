@@ -1,0 +1,48 @@
+# onnx_local — newcomer entry points: make setup, make test, make demo, make package.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint demo package bench-embed stats help
+
+help:
+	@echo "make setup        create .venv (Python 3.12) with runtime + dev dependencies"
+	@echo "make test         fast test suite on tiny synthetic models"
+	@echo "make lint         ruff"
+	@echo "make demo         real models (built if missing), streamed chat, embedding and rerank over the daemon protocol"
+	@echo "make package      dist/onnx_local-<version>.difypkg"
+	@echo "make models       build the real models into .models/ (offline, minutes)"
+	@echo "make test-real    fidelity checks against .models/"
+	@echo "make bench-embed  embedding/rerank batching benchmark (JSON + PNG in bench/results/)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt scripts/find_python312.sh
+	@py312=$$(PYTHON312="$(PYTHON312)" scripts/find_python312.sh) || exit 1; \
+	  echo "using $$py312"; \
+	  if [ ! -x $(PY) ] || ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then \
+	    rm -rf $(VENV) && "$$py312" -m venv $(VENV) || exit 1; fi
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check engine models provider main.py
+
+package: setup
+	$(PY) scripts/package.py
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench-embed: setup
+	$(PY) bench/embed.py $(BENCH_ARGS)
+
+-include tools/tools.mk
+-include tools/models.mk
+-include bench/llm.mk

@@ -1,0 +1,98 @@
+"""Sentence embeddings: pooling and normalization over an encoder's token states."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from engine.encoders.runner import EncoderRunner, Tokens
+from engine.profile import EmbeddingSettings
+from engine.text.tokenizer import read_optional_json
+
+POOLING_MODES = ("mean", "cls", "last", "max")
+
+
+def pooling_from_sentence_transformers(directory: Path) -> str | None:
+    """The pooling a sentence-transformers model was trained with, from modules.json → Pooling config."""
+    pooling_dir = "1_Pooling"
+    modules_path = directory / "modules.json"
+    if modules_path.is_file():
+        try:
+            modules = json.loads(modules_path.read_text())
+        except ValueError:
+            modules = []
+        for module in modules if isinstance(modules, list) else []:
+            if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
+                pooling_dir = str(module.get("path", pooling_dir))
+    config = read_optional_json(directory / pooling_dir / "config.json") if (directory / pooling_dir).is_dir() else {}
+    for key, mode in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_lasttoken", "last"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_mean_tokens", "mean"),
+    ):
+        if config.get(key):
+            return mode
+    return None
+
+
+def resolve_pooling(settings: EmbeddingSettings, directory: Path) -> str:
+    if settings.pooling != "auto":
+        return settings.pooling
+    return pooling_from_sentence_transformers(directory) or "mean"
+
+
+def pool(states: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """[batch, seq, dim] token states → [batch, dim] sentence vectors, ignoring padding."""
+    if mode == "cls":
+        return states[:, 0, :]
+    if mode == "last":
+        last = mask.sum(axis=1) - 1
+        return states[np.arange(states.shape[0]), last, :]
+    weights = mask[:, :, None].astype(states.dtype)
+    if mode == "max":
+        masked = np.where(weights > 0, states, -np.inf)
+        return masked.max(axis=1)
+    return (states * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class EmbeddingTask:
+    """Tokenizes texts (with the query/document prefix) and turns batches into sentence vectors."""
+
+    def __init__(
+        self, runner: EncoderRunner, tokenizer: Tokenizer, context_size: int, settings: EmbeddingSettings, pooling: str
+    ) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.context_size = context_size
+        self.settings = settings
+        self.pooling = pooling
+        self.restore_truncation()
+
+    def prefix(self, input_type: str) -> str:
+        return self.settings.query_prefix if input_type == "query" else self.settings.document_prefix
+
+    def restore_truncation(self) -> None:
+        self.tokenizer.enable_truncation(max_length=self.context_size)
+
+    def tokenize(self, texts: Sequence[str], input_type: str) -> list[Tokens]:
+        prefix = self.prefix(input_type)
+        encodings = self.tokenizer.encode_batch([prefix + text for text in texts])
+        return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
+
+    def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
+        output, mask = self.runner.run(batch)
+        vectors = output if self.runner.output_rank == 2 else pool(output, mask, self.pooling)
+        vectors = vectors.astype(np.float32, copy=False)
+        if self.settings.normalize:
+            vectors = l2_normalize(vectors)
+        return list(vectors)

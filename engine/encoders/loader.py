@@ -1,0 +1,102 @@
+"""Build an embedding or rerank model on its worker thread: tokenizer, session, task and micro-batcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime as ort
+
+from engine.batching import MicroBatcher
+from engine.encoders.embedding import EmbeddingTask, resolve_pooling
+from engine.encoders.rerank import RerankTask
+from engine.encoders.runner import EncoderRunner
+from engine.errors import ModelLoadError, SettingError
+from engine.loading import build_session_options, create_session
+from engine.model_files import ModelFiles
+from engine.placement import Placement
+from engine.profile import RuntimeProfile
+from engine.registry import ModelInfo
+from engine.text.tokenizer import load_tokenizer, model_max_length, read_optional_json
+
+DEFAULT_CONTEXT = 512
+EMBEDDING_OUTPUTS = ("last_hidden_state", "token_embeddings", "sentence_embedding")
+RERANK_OUTPUTS = ("logits", "scores")
+
+
+def resolve_context_size(profile: RuntimeProfile, directory: Path) -> int:
+    limit = model_max_length(directory)
+    if profile.context_size is None:
+        return limit or DEFAULT_CONTEXT
+    if limit is not None and profile.context_size > limit:
+        raise SettingError("context_size", str(profile.context_size), f"auto or 1 to {limit} (the model's maximum)")
+    return profile.context_size
+
+
+def _pad_id(directory: Path, tokenizer_pad: int | None) -> int:
+    if tokenizer_pad is not None:
+        return tokenizer_pad
+    config = read_optional_json(directory / "config.json")
+    pad = config.get("pad_token_id")
+    return pad if isinstance(pad, int) else 0
+
+
+def session_for(profile: RuntimeProfile, files: ModelFiles, placement: Placement) -> tuple[ort.InferenceSession, Path]:
+    """The ONNX Runtime session of a profile, quantizing the file first when the profile asks for it."""
+    path = files.onnx_path
+    if profile.quantization.method != "none":
+        try:
+            from engine.quantize import prepare_onnx_file
+        except ImportError:
+            raise SettingError(
+                "quantization", profile.quantization.method, "none (quantize-on-load is not available)"
+            ) from None
+        path = prepare_onnx_file(files, profile.quantization)
+    return create_session(path, build_session_options(profile.session, placement)), path
+
+
+def build_encoder(
+    profile: RuntimeProfile, files: ModelFiles, placement: Placement, wake: Callable[[], None]
+) -> tuple[MicroBatcher, ModelInfo]:
+    directory = profile.model_dir
+    tokenizer = load_tokenizer(directory)
+    context = resolve_context_size(profile, directory)
+    session, loaded_path = session_for(profile, files, placement)
+    padding = tokenizer.padding
+    pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
+    details: dict[str, object] = {}
+    if profile.model_type == "text-embedding":
+        assert profile.embedding is not None
+        runner = EncoderRunner(session, pad_id, EMBEDDING_OUTPUTS)
+        pooling = resolve_pooling(profile.embedding, directory)
+        task: EmbeddingTask | RerankTask = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
+        probe = task.run(task.tokenize(["hello world"], "document"))
+        details.update(dimension=int(probe[0].shape[0]), pooling=pooling, normalize=profile.embedding.normalize)
+    else:
+        assert profile.rerank is not None
+        runner = EncoderRunner(session, pad_id, RERANK_OUTPUTS)
+        task = RerankTask(runner, tokenizer, context, profile.rerank)
+        try:
+            task.run(task.tokenize([("hello", "world")]))
+        except Exception:
+            raise ModelLoadError(
+                "model_path", "the model does not produce relevance logits for a (query, document) pair"
+            ) from None
+        details.update(score_mode=profile.rerank.score_mode)
+    name = f"{directory.name}[{profile.model_type}]"
+    batcher = MicroBatcher(name, task, profile.batching, wake)
+    info = ModelInfo(
+        name=name,
+        model_type=profile.model_type,
+        onnx_file=str(loaded_path.relative_to(directory))
+        if loaded_path.is_relative_to(directory)
+        else loaded_path.name,
+        layout=files.layout,
+        size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
+        load_seconds=0.0,
+        threads=placement.threads,
+        cores=placement.cores,
+        context_size=context,
+        details=details,
+    )
+    return batcher, info

@@ -1,0 +1,38 @@
+"""What a generation stream delivers to its caller, and the per-request parameters it runs with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.generation.messages import ToolCall
+from engine.generation.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    sampling: SamplingParams = SamplingParams()
+    max_tokens: int | None = None  # None: until EOS, a stop string or the context window
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # stop | length | tool_calls
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token: float  # seconds from submission to the first sampled token
+    decode_tokens_per_second: float  # after the first token
+    total_seconds: float
+
+
+GenerationEvent = TextDelta | ToolCallDelta | Finished

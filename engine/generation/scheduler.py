@@ -1,0 +1,244 @@
+"""The generation scheduler: runs on the model's worker thread and interleaves all active sequences.
+
+Each `step()` advances one sequence by one unit of work — a prompt chunk (prefill) or one new token — taking
+the active sequences in turn, so several requests all progress and a long prompt does not freeze the
+others' streams. Requests beyond `max_concurrent_sequences` wait in arrival order. Each request streams its
+events through the channel its caller created.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer
+
+from engine.channel import Channel
+from engine.errors import EngineError, InferenceError
+from engine.generation.detokenize import OutputStream, TextPiece
+from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
+from engine.generation.messages import ChatMessage, ToolSpec
+from engine.generation.prompt import PromptBuilder
+from engine.generation.runners import DecoderRunner, KvCache
+from engine.generation.sampling import Sampler
+from engine.generation.settings import GenerationSettings
+from engine.native import allocate_lock, monotonic
+
+log = logging.getLogger(__name__)
+
+# Prompt tokens per forward pass. Bounds the logits the graph materialises for a chunk (chunk × vocab floats:
+# 78 MB for Qwen's 151,936-token vocabulary) and lets other sequences decode between the chunks.
+PREFILL_CHUNK = 128
+# KV buffers (genai layout) are allocated in multiples of this many positions.
+CAPACITY_STEP = 256
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    messages: Sequence[ChatMessage]
+    tools: Sequence[ToolSpec]
+    params: GenerationParams
+    channel: Channel[GenerationEvent]
+    submitted: float
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        """The caller stopped reading: the worker drops the sequence at its next step."""
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    prompt: list[int]
+    cache: KvCache
+    sampler: Sampler
+    output: OutputStream
+    started: float
+    deadline: float | None
+    prefilled: int = 0
+    generated: int = 0
+    last_token: int = -1
+    first_token_at: float | None = None
+    tool_calls: int = 0
+    events: list[GenerationEvent] = field(default_factory=list)
+
+
+class GenerationScheduler:
+    def __init__(
+        self,
+        name: str,
+        runner: DecoderRunner,
+        prompts: PromptBuilder,
+        tokenizer: Tokenizer,
+        eos_ids: frozenset[int],
+        settings: GenerationSettings,
+        wake: object,
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.prompts = prompts
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.settings = settings
+        self.context = prompts.context
+        self._wake = wake
+        self._lock = allocate_lock()
+        self._inbox: collections.deque[GenerationRequest] = collections.deque()
+        self._active: list[_Sequence] = []
+        self._turn = 0
+        self._request_count = 0
+
+    # caller side (any thread or greenlet)
+    def submit(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec],
+        params: GenerationParams,
+        channel: Channel[GenerationEvent],
+    ) -> GenerationRequest:
+        request = GenerationRequest(list(messages), list(tools), params, channel, monotonic())
+        with self._lock:
+            self._inbox.append(request)
+        self._wake()  # type: ignore[operator]
+        return request
+
+    @property
+    def active_sequences(self) -> int:
+        return len(self._active)
+
+    # worker side
+    def step(self) -> float | None:
+        self._admit()
+        self._active = [s for s in self._active if not s.request.cancelled]
+        if not self._active:
+            return None
+        self._turn %= len(self._active)
+        sequence = self._active[self._turn]
+        self._turn += 1
+        try:
+            self._advance(sequence)
+        except Exception as error:  # ORT failure: only this sequence fails
+            log.exception("generation step failed on %s", self.name)
+            self._remove(sequence)
+            sequence.request.channel.close(InferenceError(f"generation failed: {type(error).__name__}: {error}"))
+        return 0.0
+
+    def close(self, error: BaseException) -> None:
+        with self._lock:
+            waiting = list(self._inbox)
+            self._inbox.clear()
+        for request in waiting:
+            request.channel.close(error)
+        for sequence in self._active:
+            sequence.request.channel.close(error)
+        self._active = []
+
+    def _admit(self) -> None:
+        while self._inbox and len(self._active) < self.settings.max_concurrent_sequences:
+            with self._lock:
+                request = self._inbox.popleft()
+            if request.cancelled:
+                continue
+            try:
+                self._active.append(self._start(request))
+            except EngineError as error:
+                request.channel.close(error)
+            except Exception as error:
+                log.exception("could not start a generation on %s", self.name)
+                request.channel.close(InferenceError(f"generation could not start: {type(error).__name__}"))
+
+    def _start(self, request: GenerationRequest) -> _Sequence:
+        prompt = self.prompts.build(request.messages, request.tools)
+        params = request.params
+        limit = self.context if params.max_tokens is None else min(self.context, len(prompt) + params.max_tokens)
+        capacity = min(self.context, -(-limit // CAPACITY_STEP) * CAPACITY_STEP)
+        self._request_count += 1
+        now = monotonic()
+        seconds = self.settings.max_generation_seconds
+        return _Sequence(
+            request=request,
+            prompt=prompt,
+            cache=self.runner.new_cache(capacity),
+            sampler=Sampler(params.sampling, prompt, self.runner.layout.vocab_size),
+            output=OutputStream(self.tokenizer, params.stop, bool(request.tools), f"call_{self._request_count}"),
+            started=now,
+            deadline=now + seconds if seconds > 0 else None,
+        )
+
+    def _advance(self, sequence: _Sequence) -> None:
+        if sequence.prefilled < len(sequence.prompt):
+            chunk = sequence.prompt[sequence.prefilled : sequence.prefilled + PREFILL_CHUNK]
+            logits = self.runner.forward(sequence.cache, chunk)
+            sequence.prefilled += len(chunk)
+            if sequence.prefilled < len(sequence.prompt):
+                return
+        else:
+            logits = self.runner.forward(sequence.cache, [sequence.last_token])
+        token = sequence.sampler.choose(logits)
+        now = monotonic()
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+        sequence.generated += 1
+        sequence.last_token = token
+        if token in self.eos_ids:
+            self._finish(sequence, "stop")
+            return
+        self._deliver(sequence, sequence.output.push(token))
+        params = sequence.request.params
+        if sequence.output.stopped:
+            self._finish(sequence, "stop")
+        elif params.max_tokens is not None and sequence.generated >= params.max_tokens:
+            self._finish(sequence, "length")
+        elif len(sequence.prompt) + sequence.generated >= self.context:
+            self._finish(sequence, "length")
+        elif sequence.deadline is not None and now >= sequence.deadline:
+            log.warning(
+                "generation on %s ended after %.0fs by max_generation_seconds (%d tokens generated)",
+                self.name,
+                now - sequence.started,
+                sequence.generated,
+            )
+            self._finish(sequence, "length")
+
+    def _deliver(self, sequence: _Sequence, pieces: list) -> None:
+        channel = sequence.request.channel
+        for piece in pieces:
+            if isinstance(piece, TextPiece):
+                if piece.text:
+                    channel.put(TextDelta(piece.text))
+            else:
+                sequence.tool_calls += 1
+                channel.put(ToolCallDelta(piece.call))
+
+    def _finish(self, sequence: _Sequence, reason: str) -> None:
+        self._deliver(sequence, sequence.output.finish())
+        if reason == "stop" and sequence.tool_calls:
+            reason = "tool_calls"
+        now = monotonic()
+        first = sequence.first_token_at or now
+        decode_seconds = now - first
+        rate = (sequence.generated - 1) / decode_seconds if sequence.generated > 1 and decode_seconds > 0 else 0.0
+        self._remove(sequence)
+        channel = sequence.request.channel
+        channel.put(
+            Finished(
+                finish_reason=reason,
+                prompt_tokens=len(sequence.prompt),
+                completion_tokens=sequence.generated,
+                time_to_first_token=first - sequence.request.submitted,
+                decode_tokens_per_second=rate,
+                total_seconds=now - sequence.request.submitted,
+            )
+        )
+        channel.close()
+
+    def _remove(self, sequence: _Sequence) -> None:
+        if sequence in self._active:
+            index = self._active.index(sequence)
+            self._active.pop(index)
+            if index < self._turn:
+                self._turn -= 1
+        sequence.cache = KvCache(0)  # release the KV memory now, not when the request object dies

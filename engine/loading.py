@@ -1,0 +1,62 @@
+"""Build an ONNX Runtime session from a runtime profile and a placement."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+from engine.errors import ModelLoadError
+from engine.placement import Placement, thread_affinity_string
+from engine.profile import SessionSettings
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def spinning_enabled(settings: SessionSettings, placement: Placement) -> bool:
+    """`auto` spins only on cores the model has to itself: spinning speeds up a lone model but steals the
+    core from any neighbour (see notes/onnxruntime.md §4)."""
+    if settings.spin_wait == "auto":
+        return placement.exclusive and placement.cores is not None
+    return settings.spin_wait == "on"
+
+
+def build_session_options(settings: SessionSettings, placement: Placement) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = placement.threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if settings.execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization_level]
+    spin = "1" if spinning_enabled(settings, placement) else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    if placement.cores is not None and placement.threads > 1:
+        # N threads = the calling (worker) thread + N-1 pool threads; the worker pins itself.
+        options.add_session_config_entry(
+            "session.intra_op_thread_affinities", thread_affinity_string(placement.cores, placement.threads - 1)
+        )
+    options.log_severity_level = 3  # errors only: ORT warnings go to stderr, never to the protocol's stdout
+    return options
+
+
+def create_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """Load an ONNX file; a parse failure is reported without echoing the file's bytes."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises several exception types (Fail, InvalidProtobuf, RuntimeException…)
+        kind = type(error).__name__
+        log.debug("session creation for %s failed: %s", path, kind)
+        raise ModelLoadError(
+            "model_path",
+            f"{path.name} could not be loaded by ONNX Runtime {ort.__version__} ({kind}); is it a valid ONNX model?",
+        ) from None

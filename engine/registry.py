@@ -1,0 +1,182 @@
+"""Loaded models: one instance per (model files, profile), loaded lazily on its own worker, shared by every
+request, unloaded after its idle time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.channel import Completion
+from engine.errors import EngineClosedError
+from engine.model_files import ModelFiles, find_model_files
+from engine.native import NativeEvent, allocate_lock, monotonic, start_thread
+from engine.placement import CoreAllocator, CpuTopology, Placement
+from engine.profile import RuntimeProfile
+from engine.worker import Scheduler, Worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInfo:
+    """What was loaded, for validation messages, logs and statistics."""
+
+    name: str
+    model_type: str
+    onnx_file: str
+    layout: str
+    size_bytes: int
+    load_seconds: float
+    threads: int
+    cores: tuple[int, ...] | None
+    context_size: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        cores = "unpinned" if self.cores is None else "cores " + ",".join(map(str, self.cores))
+        return (
+            f"{self.onnx_file} ({self.layout} layout, {self.size_bytes / 1e6:.1f} MB) "
+            f"loaded in {self.load_seconds:.2f}s, "
+            f"{self.threads} thread(s) on {cores}, context {self.context_size}"
+        )
+
+
+@dataclass
+class LoadedModel:
+    key: tuple[Any, ...]
+    profile: RuntimeProfile
+    files: ModelFiles
+    placement: Placement
+    worker: Worker
+    scheduler: Any
+    info: ModelInfo
+    last_used: float = 0.0
+    active_calls: int = 0
+
+    def begin(self) -> None:
+        self.active_calls += 1
+        self.last_used = monotonic()
+
+    def end(self) -> None:
+        self.active_calls -= 1
+        self.last_used = monotonic()
+
+
+# A builder runs on the model's worker thread (already pinned) and returns its scheduler and description.
+Builder = Callable[[RuntimeProfile, ModelFiles, Placement, Callable[[], None]], tuple[Scheduler, ModelInfo]]
+
+
+@dataclass(eq=False)
+class _Entry:
+    placement: Placement
+    worker: Worker
+    model: LoadedModel | None = None
+    error: BaseException | None = None
+    waiters: list[Completion[LoadedModel]] = field(default_factory=list)
+
+
+class ModelRegistry:
+    def __init__(self, builders: dict[str, Builder], allocator: CoreAllocator | None = None) -> None:
+        self.builders = builders
+        self.allocator = allocator or CoreAllocator(CpuTopology.read())
+        self._lock = allocate_lock()
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
+        self._reaper_wake = NativeEvent()
+        self._closed = False
+        # The reaper starts with the registry (created on first use, never at import), not with the first
+        # model: a thread created from a model's worker would inherit that model's CPU pinning.
+        start_thread(self._reap_forever)
+
+    def get(self, profile: RuntimeProfile) -> LoadedModel:
+        """The loaded model for this profile, loading it on first use (waits, greenlet-friendly)."""
+        files = find_model_files(profile.model_dir, profile.model_file)
+        key = (profile, files.fingerprint)
+        waiter: Completion[LoadedModel] = Completion()
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the engine is shut down")
+            entry = self._entries.get(key)
+            if entry is not None and entry.model is not None:
+                entry.model.last_used = monotonic()
+                return entry.model
+            if entry is None:
+                entry = self._start_load(key, profile, files)
+            entry.waiters.append(waiter)
+        return waiter.result()
+
+    def _start_load(self, key: tuple[Any, ...], profile: RuntimeProfile, files: ModelFiles) -> _Entry:
+        name = f"{profile.model_dir.name}[{profile.model_type}]"
+        placement = self.allocator.place(profile.placement, profile.session, name)
+        worker = Worker(name, placement, profile.blas_threads)
+        entry = _Entry(placement, worker)
+        self._entries[key] = entry
+        builder = self.builders[profile.model_type]
+        worker.start(lambda: self._build(builder, entry, key, profile, files))
+        return entry
+
+    def _build(
+        self, builder: Builder, entry: _Entry, key: tuple[Any, ...], profile: RuntimeProfile, files: ModelFiles
+    ) -> Scheduler:
+        started = monotonic()
+        try:
+            entry.worker.prepare_thread()
+            scheduler, info = builder(profile, files, entry.placement, entry.worker.wake)
+        except BaseException as error:
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+                waiters, entry.waiters = entry.waiters, []
+            self.allocator.release(entry.placement)
+            for waiter in waiters:
+                waiter.set_error(error)
+            raise
+        info.load_seconds = monotonic() - started
+        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic())
+        log.info("loaded model %s: %s", info.name, info.describe())
+        with self._lock:
+            entry.model = model
+            waiters, entry.waiters = entry.waiters, []
+        for waiter in waiters:
+            waiter.set_result(model)
+        return scheduler
+
+    def loaded(self) -> list[LoadedModel]:
+        with self._lock:
+            return [entry.model for entry in self._entries.values() if entry.model is not None]
+
+    def unload(self, model: LoadedModel, reason: str) -> None:
+        with self._lock:
+            entry = self._entries.get(model.key)
+            if entry is None or entry.model is not model:
+                return
+            del self._entries[model.key]
+        log.info("unloading model %s (%s)", model.info.name, reason)
+        model.worker.stop()
+        model.worker.stopped.wait(30.0)
+        self.allocator.release(model.placement)
+
+    def unload_idle(self, now: float | None = None) -> None:
+        now = monotonic() if now is None else now
+        for model in self.loaded():
+            idle_limit = model.profile.idle_unload_seconds
+            if idle_limit > 0 and model.active_calls == 0 and now - model.last_used >= idle_limit:
+                self.unload(model, f"idle for {now - model.last_used:.0f}s")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        for model in self.loaded():
+            self.unload(model, "shutdown")
+        self._reaper_wake.set()
+
+    def _reap_forever(self) -> None:
+        while not self._closed:
+            self._reaper_wake.wait(15.0)
+            if self._closed:
+                return
+            try:
+                self.unload_idle()
+            except Exception:
+                log.exception("idle unload failed")

@@ -1,0 +1,103 @@
+"""Shared pieces of the Dify adapters: profile parsing, the engine, model schemas and the one table that maps
+engine errors to Dify errors. Adapters stay thin: translate Dify entities to engine calls and back."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from dify_plugin.entities import I18nObject
+from dify_plugin.entities.model import AIModelEntity, FetchFrom, ModelPropertyKey, ModelType
+from dify_plugin.entities.model.text_embedding import EmbeddingUsage
+from dify_plugin.errors.model import (
+    CredentialsValidateFailedError,
+    InvokeBadRequestError,
+    InvokeError,
+    InvokeServerUnavailableError,
+)
+
+from engine.api import Engine, default_engine, max_chunks_for
+from engine.encoders.loader import DEFAULT_CONTEXT
+from engine.errors import (
+    BadRequestError,
+    EngineClosedError,
+    EngineError,
+    InferenceError,
+    ModelBusyError,
+    ModelLoadError,
+    SettingError,
+)
+from engine.profile import RuntimeProfile, parse_profile
+from engine.registry import ModelInfo
+from engine.text.tokenizer import model_max_length, read_optional_json
+
+log = logging.getLogger(__name__)
+
+INVOKE_ERROR_MAPPING: dict[type[InvokeError], list[type[Exception]]] = {
+    InvokeBadRequestError: [BadRequestError, SettingError, ModelLoadError, ValueError],
+    InvokeServerUnavailableError: [ModelBusyError, EngineClosedError, InferenceError],
+}
+
+
+def engine() -> Engine:
+    return default_engine()
+
+
+def profile_for(credentials: dict, model_type: ModelType) -> RuntimeProfile:
+    return parse_profile(credentials, model_type.value)
+
+
+def validate_model(credentials: dict, model_type: ModelType) -> ModelInfo:
+    """Parse the settings and load the model for real; any problem becomes CredentialsValidateFailedError
+    naming the field."""
+    try:
+        info = engine().load(profile_for(credentials, model_type))
+    except EngineError as error:
+        raise CredentialsValidateFailedError(str(error)) from None
+    except Exception as error:  # unexpected: say what kind without echoing internals
+        log.exception("validation of a %s model failed unexpectedly", model_type.value)
+        raise CredentialsValidateFailedError(f"model could not be loaded: {type(error).__name__}") from None
+    log.info("validated %s", info.describe())
+    return info
+
+
+def usage_for_embedding(tokens: int, latency: float) -> EmbeddingUsage:
+    return EmbeddingUsage(
+        tokens=tokens,
+        total_tokens=tokens,
+        unit_price=Decimal(0),
+        price_unit=Decimal(0),
+        total_price=Decimal(0),
+        currency="USD",
+        latency=latency,
+    )
+
+
+def _declared_context(credentials: dict, profile: RuntimeProfile | None) -> int:
+    if profile is not None and profile.context_size is not None:
+        return profile.context_size
+    if profile is not None:
+        return model_max_length(profile.model_dir) or DEFAULT_CONTEXT
+    return DEFAULT_CONTEXT
+
+
+def encoder_schema(model: str, credentials: dict, model_type: ModelType) -> AIModelEntity:
+    """Schema of an embedding or rerank model, from the model's config files (no load needed)."""
+    try:
+        profile: RuntimeProfile | None = profile_for(credentials, model_type)
+    except EngineError:
+        profile = None  # invalid settings are reported by validation, not here
+    properties: dict[ModelPropertyKey, object] = {
+        ModelPropertyKey.CONTEXT_SIZE: _declared_context(credentials, profile)
+    }
+    if model_type == ModelType.TEXT_EMBEDDING:
+        hidden = read_optional_json(profile.model_dir / "config.json").get("hidden_size") if profile else None
+        properties[ModelPropertyKey.MAX_CHUNKS] = max_chunks_for(hidden if isinstance(hidden, int) else 1024)
+    return AIModelEntity(
+        model=model,
+        label=I18nObject(en_US=model),
+        model_type=model_type,
+        fetch_from=FetchFrom.CUSTOMIZABLE_MODEL,
+        model_properties=properties,
+        parameter_rules=[],
+    )
