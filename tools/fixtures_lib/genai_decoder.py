@@ -1,0 +1,103 @@
+"""The tiny Qwen2 checkpoint converted by the onnxruntime-genai model builder (GQA layout)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from .common import copy_files
+from .ort_greedy import greedy_genai, session
+from .qwen_decoder import HF_FILES, check_greedy
+
+SHIM = Path(__file__).with_name("genai_builder_shim.py")
+BUILDER_FILES = ["genai_config.json", "model.onnx", "model.onnx.data"]
+
+
+def builder_input(hf_dir: Path, work: Path) -> Path:
+    """Copy of the checkpoint whose config has the transformers-5 style rope dict.
+
+    The 0.18.0 builder iterates config.rope_scaling, which transformers 4.57 leaves
+    as None for plain RoPE; {"rope_type": "default"} is equivalent.
+    """
+    dst = work / "qwen2-genai-input"
+    shutil.copytree(hf_dir, dst)
+    config = json.loads((dst / "config.json").read_text(encoding="utf-8"))
+    config["rope_scaling"] = {"rope_type": "default"}
+    (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    return dst
+
+
+def run_builder(src: Path, dst: Path, precision: str, cache: Path) -> None:
+    cmd = [sys.executable, str(SHIM), "-i", str(src), "-o", str(dst), "-p", precision, "-e", "cpu", "-c", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"genai builder ({precision}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+
+
+def decoder_shape(genai_config: Path) -> dict[str, int]:
+    cfg = json.loads(genai_config.read_text(encoding="utf-8"))
+    dec = cfg["model"]["decoder"]
+    return {
+        "kv_heads": dec["num_key_value_heads"],
+        "head_dim": dec["head_size"],
+        "max_length": cfg["search"]["max_length"],
+    }
+
+
+def save_single_file(src: Path, dst: Path) -> None:
+    """Inlines the external weights: the int4 model is small enough for one file."""
+    model = onnx.load(str(src), load_external_data=True)
+    onnx.save_model(model, str(dst), save_as_external_data=False)
+
+
+def build_genai(hf_dir: Path, work: Path, out: Path, expected: dict[str, Any]) -> None:
+    src = builder_input(hf_dir, work)
+    fp32, int4 = work / "genai-fp32", work / "genai-int4"
+    run_builder(src, fp32, "fp32", work / "genai-cache")
+    copy_files(fp32, out, BUILDER_FILES)
+    # The original (transformers 4.57) config and our tokenizer files, not the builder's copies.
+    copy_files(hf_dir, out, [*HF_FILES, "chat_template.jinja"])
+    shape = decoder_shape(out / "genai_config.json")
+    for shared in (True, False):
+        check_greedy(out / "model.onnx", expected, decode=greedy_genai, shared_buffer=shared, **shape)
+    check_genai_runtime(out, expected)
+
+    # int4 (MatMulNBits, RTN block 32): only checked to run; its tokens may differ from fp32.
+    run_builder(src, int4, "int4", work / "genai-cache")
+    save_single_file(int4 / "model.onnx", out / "model_int4.onnx")
+    check_runs(out / "model_int4.onnx", expected, shape)
+
+
+def check_runs(onnx_path: Path, expected: dict[str, Any], shape: dict[str, int]) -> None:
+    case = expected["cases"][0]
+    got = greedy_genai(session(onnx_path), case["input_ids"], 4, set(expected["eos_token_ids"]), **shape)
+    if not got:
+        raise SystemExit(f"{onnx_path}: produced no tokens")
+
+
+def check_genai_runtime(model_dir: Path, expected: dict[str, Any]) -> None:
+    """The folder must also work as-is with the onnxruntime-genai runtime (config + tokenizer)."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    tokenizer = og.Tokenizer(model)
+    for case in expected["cases"]:
+        if tokenizer.encode(case["prompt"]).tolist() != case["input_ids"]:
+            raise SystemExit(f"onnxruntime-genai tokenizer disagrees on {case['name']}")
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(case["input_ids"]) + len(case["output_ids"]))
+        generator = og.Generator(model, params)
+        generator.append_tokens(case["input_ids"])
+        while not generator.is_done():
+            generator.generate_next_token()
+        got = [int(t) for t in generator.get_sequence(0)[len(case["input_ids"]) :]]
+        # The genai runtime does not append the EOS id that ended the search.
+        want = case["output_ids"][:-1] if case["stopped_at_eos"] else case["output_ids"]
+        if got != want:
+            raise SystemExit(f"onnxruntime-genai greedy mismatch on {case['name']}: {got} != {case['output_ids']}")
