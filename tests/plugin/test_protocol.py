@@ -86,7 +86,7 @@ def test_embedding_document_and_query(plugin: PluginProcess) -> None:
 
 def test_num_tokens(plugin: PluginProcess) -> None:
     records = plugin.request(
-        model_request("get_text_embedding_num_tokens", "text-embedding", "emb", EMBEDDER, texts=["a b c", "hello"])
+        model_request("get_text_embedding_num_tokens", "text-embedding", "emb", EMBEDDER, texts=["a b c d e f g", "a"])
     )
     counts = streams(records)[0]["num_tokens"]
     assert len(counts) == 2 and counts[0] > counts[1] >= 3
