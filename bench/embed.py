@@ -9,6 +9,7 @@ batched vs one pair at a time. Writes JSON and a PNG chart to bench/results/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import mixed_chunks, queries
 from engine.api import Engine
-from engine.encoders.runner import EncoderRunner
+from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_files import find_model_files
 from engine.profile import parse_profile
 from engine.text.tokenizer import load_tokenizer
@@ -95,7 +97,7 @@ def indexing(
 
 
 def raw_reference(model_dir: Path, texts: list[str], threads: int, context: int) -> dict:
-    """Bare ONNX Runtime: all texts tokenized, length-sorted, the best static batch size of 8..64."""
+    """Bare ONNX Runtime: all texts tokenized, length-sorted, cut into the best static batch size of 8..64."""
     tokenizer = load_tokenizer(model_dir)
     tokenizer.enable_truncation(max_length=context)
     files = find_model_files(model_dir)
@@ -104,12 +106,11 @@ def raw_reference(model_dir: Path, texts: list[str], threads: int, context: int)
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     session = ort.InferenceSession(str(files.onnx_path), options, providers=["CPUExecutionProvider"])
     runner = EncoderRunner(session, 0, ("last_hidden_state", "token_embeddings", "sentence_embedding"))
-    from engine.encoders.runner import Tokens
 
-    encoded = sorted((Tokens(tuple(e.ids), tuple(e.type_ids)) for e in tokenizer.encode_batch(texts)), key=len)
     best: dict = {}
     for batch_size in (8, 16, 32, 64):
-        started = time.perf_counter()
+        started = time.perf_counter()  # tokenizing is part of any pipeline, so it is timed here too
+        encoded = sorted((Tokens(tuple(e.ids), tuple(e.type_ids)) for e in tokenizer.encode_batch(texts)), key=len)
         for start in range(0, len(encoded), batch_size):
             output, mask = runner.run(encoded[start : start + batch_size])
             (output * mask[:, :, None]).sum(axis=1)  # pooling, as the engine does
@@ -134,13 +135,14 @@ def idle_latency(engine: Engine, prof, query_texts: list[str], count: int = 50) 
     return {"query_p50_ms": percentile(ms, 50), "query_p99_ms": percentile(ms, 99)}
 
 
-def rerank(engine: Engine, model_dir: Path, threads: int) -> dict:
+def rerank(model_dir: Path, threads: int) -> dict:
     docs = mixed_chunks(100, seed=7)
     query = queries(1, seed=8)[0]
     batched = profile(model_dir, "rerank", threads)
     single = profile(model_dir, "rerank", threads, max_batch_size="1")
     results = {}
     for name, prof in (("batched", batched), ("one_pair_at_a_time", single)):
+        engine = Engine()
         engine.rerank(prof, query, docs[:4])  # load + warm up
         runs = []
         for _ in range(3):
@@ -151,9 +153,20 @@ def rerank(engine: Engine, model_dir: Path, threads: int) -> dict:
                 for doc in docs:
                     engine.rerank(prof, query, [doc])
             runs.append(time.perf_counter() - started)
+        engine.close()
         results[name] = {"pairs_per_s": len(docs) / statistics.median(runs)}
     results["speedup"] = results["batched"]["pairs_per_s"] / results["one_pair_at_a_time"]["pairs_per_s"]
     return results
+
+
+@contextlib.contextmanager
+def fresh_engine() -> Iterator[Engine]:
+    """Each phase gets its own engine, so a model is never placed next to the previous phase's model."""
+    engine = Engine()
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def chart(result: dict, path: Path) -> None:
@@ -215,11 +228,10 @@ def main() -> None:
     model_dir, reranker_dir = args.model_dir.resolve(), args.reranker_dir.resolve()
     texts = mixed_chunks(args.texts)
     query_texts = queries(200)
-    engine = Engine()
     on = profile(model_dir, "text-embedding", args.threads)
     off = profile(model_dir, "text-embedding", args.threads, max_batch_size="1", batch_window_ms="0")
-    context = engine.load(on).context_size
-    engine.embed(on, texts[:64])  # warm-up
+    with fresh_engine() as engine:
+        context = engine.load(on).context_size
     result: dict = {
         "model": model_dir.name,
         "threads": args.threads,
@@ -231,20 +243,27 @@ def main() -> None:
     }
     print(f"indexing {len(texts)} texts with {CALLERS} callers × {CHUNKS_PER_CALL} chunks…", file=sys.stderr)
     reference = raw_reference(model_dir, texts, args.threads, context)
-    batching_on = indexing(engine, on, texts, None)
-    engine.embed(off, texts[:16])
-    batching_off = indexing(engine, off, texts, None)
+    with fresh_engine() as engine:
+        engine.embed(on, texts[:64])  # load + warm up
+        batching_on = indexing(engine, on, texts, None)
+        batching_metrics = engine.stats()
+    with fresh_engine() as engine:
+        engine.embed(off, texts[:16])
+        batching_off = indexing(engine, off, texts, None)
     result["indexing"] = {
         "raw_reference": reference,
         "batching_on": batching_on,
         "batching_off": batching_off,
         "on_vs_reference": batching_on["texts_per_s"] / reference["texts_per_s"],
         "on_vs_off": batching_on["texts_per_s"] / batching_off["texts_per_s"],
+        "engine_stats": batching_metrics,
     }
     print("interactive queries during indexing…", file=sys.stderr)
-    idle = idle_latency(engine, on, query_texts)
-    with_priorities = indexing(engine, on, texts, query_texts, query_type="query")
-    without_priorities = indexing(engine, on, texts, query_texts, query_type="document")
+    with fresh_engine() as engine:
+        engine.embed(on, texts[:64])
+        idle = idle_latency(engine, on, query_texts)
+        with_priorities = indexing(engine, on, texts, query_texts, query_type="query")
+        without_priorities = indexing(engine, on, texts, query_texts, query_type="document")
     result["interactive"] = {
         "idle": idle,
         "priorities_on": with_priorities,
@@ -252,9 +271,8 @@ def main() -> None:
         "p99_on_vs_idle": with_priorities["query_p99_ms"] / idle["query_p99_ms"],
     }
     print("rerank…", file=sys.stderr)
-    result["rerank"] = rerank(engine, reranker_dir, args.threads)
+    result["rerank"] = rerank(reranker_dir, args.threads)
     result["reranker"] = reranker_dir.name
-    engine.close()
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"embed-{model_dir.name}"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
