@@ -101,3 +101,16 @@ def encoder_schema(model: str, credentials: dict, model_type: ModelType) -> AIMo
         model_properties=properties,
         parameter_rules=[],
     )
+
+
+def install_stats_signal() -> None:
+    """`kill -USR1 <plugin pid>` writes every loaded model's statistics to the plugin log (through the SDK's
+    logging, never raw stdout). Under gevent the handler runs in a greenlet, so it may wait for the workers."""
+    import signal
+
+    try:
+        import gevent
+
+        gevent.signal_handler(signal.SIGUSR1, lambda: engine().log_stats())
+    except (ImportError, ValueError, AttributeError):  # not the main thread / no gevent: no on-demand stats
+        log.debug("SIGUSR1 statistics handler not installed")

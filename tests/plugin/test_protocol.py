@@ -184,3 +184,18 @@ def test_bad_input_type_maps_to_bad_request(plugin: PluginProcess) -> None:
     assert error["error_type"] == "InvokeBadRequestError"
     assert "max_batch_size" in error["message"]
     assert embed(plugin, ["still serving"])["embeddings"]
+
+
+def test_statistics_on_demand_go_to_the_plugin_log(plugin: PluginProcess) -> None:
+    import signal
+
+    embed(plugin, ["warm the model up"])
+    assert plugin.proc is not None
+    plugin.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [entry["message"] for entry in plugin.logs if "inference p50=" in entry.get("message", "")]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert any("tiny-bert-embedder[text-embedding]" in line and "queue_wait" in line for line in lines), lines
