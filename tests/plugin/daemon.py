@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,8 @@ class PluginProcess:
         self.proc.stdin.flush()
         return session_id
 
-    def collect(self, session_id: str, timeout: float = 120.0) -> list[dict[str, Any]]:
-        """Records of one session up to and including its `end` (exactly one error or ≥0 streams before it)."""
-        records: list[dict[str, Any]] = []
+    def iter_session(self, session_id: str, timeout: float = 120.0) -> Iterator[dict[str, Any]]:
+        """Records of one session as they arrive, up to and including its `end`."""
         deadline = time.monotonic() + timeout
         session_queue = self._queue(session_id)
         while True:
@@ -122,12 +122,17 @@ class PluginProcess:
                 record = session_queue.get(timeout=remaining)
             except queue.Empty:
                 continue
-            records.append(record)
+            yield record
             if record.get("type") == "end":
-                kinds = [r["type"] for r in records[:-1]]
-                if "error" in kinds and kinds != ["error"]:
-                    raise ProtocolError(f"an error must be the only record before end, got {kinds}")
-                return records
+                return
+
+    def collect(self, session_id: str, timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Records of one session up to and including its `end` (exactly one error or ≥0 streams before it)."""
+        records = list(self.iter_session(session_id, timeout))
+        kinds = [r["type"] for r in records[:-1]]
+        if "error" in kinds and kinds != ["error"]:
+            raise ProtocolError(f"an error must be the only record before end, got {kinds}")
+        return records
 
     def request(self, data: dict[str, Any], timeout: float = 120.0, **kwargs: Any) -> list[dict[str, Any]]:
         return self.collect(self.send(data, **kwargs), timeout)
