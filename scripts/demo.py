@@ -78,10 +78,11 @@ def chat(plugin: PluginProcess, question: str) -> None:
     say()
     if usage and first_token_at is not None:
         decode_seconds = max(1e-9, elapsed - (first_token_at - started))
+        decode_rate = max(0, usage["completion_tokens"] - 1) / decode_seconds
         say(
             f"  ⏱ time to first token {1000 * (first_token_at - started):.0f} ms, "
-            f"{usage['completion_tokens']} tokens, {max(0, usage['completion_tokens'] - 1) / decode_seconds:.1f} tokens/s "
-            f"decode, prompt {usage['prompt_tokens']} tokens"
+            f"{usage['completion_tokens']} tokens, {decode_rate:.1f} tokens/s decode, "
+            f"prompt {usage['prompt_tokens']} tokens"
         )
 
 
