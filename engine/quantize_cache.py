@@ -129,7 +129,11 @@ def entry_lock(root: Path, name: str) -> Iterator[None]:
     with _key_lock(str(root / name)):
         lock_path = root / f".{name}.lock"
         with lock_path.open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another process that is building quantization cache entry %s", name)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:

@@ -7,6 +7,7 @@ here, in the caller's context; token counting runs on the model's worker via `wo
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from engine.api import Engine
 from engine.channel import Channel
@@ -14,8 +15,9 @@ from engine.errors import BadRequestError
 from engine.generation.events import GenerationEvent, GenerationParams
 from engine.generation.loader import ModelTraits, read_traits
 from engine.generation.messages import ChatMessage, ToolSpec
-from engine.generation.scheduler import GenerationScheduler
+from engine.generation.scheduler import GenerationRequest, GenerationScheduler
 from engine.profile import RuntimeProfile
+from engine.registry import LoadedModel
 
 
 def _scheduler(engine: Engine, profile: RuntimeProfile):  # type: ignore[no-untyped-def]
@@ -35,16 +37,26 @@ def generate(
     tools: Sequence[ToolSpec] = (),
     stop: Sequence[str] = (),
 ) -> Iterator[GenerationEvent]:
-    """Stream TextDelta / ToolCallDelta events and, last, one Finished event. Stopping the iteration early
-    (closing the generator) cancels the sequence on the worker."""
+    """Submit a generation (loading the model if needed) and return its stream: TextDelta / ToolCallDelta
+    events and, last, one Finished event. Problems found before the first step (a bad parameter, an unknown
+    model) raise here; the prompt's own problems (too long, image content) raise from the iteration. Stopping
+    the iteration early (closing the iterator) cancels the sequence on the worker."""
     model, scheduler = _scheduler(engine, profile)
     if stop:
-        params = GenerationParams(params.sampling, params.max_tokens, tuple(params.stop) + tuple(stop))
+        params = replace(params, stop=tuple(params.stop) + tuple(stop))
     if params.max_tokens is not None and params.max_tokens < 1:
         raise BadRequestError(f"max_tokens {params.max_tokens} is not valid; allowed: 1 or more")
+    if params.sampling is not None:
+        params.sampling.validate()
     channel: Channel[GenerationEvent] = Channel()
     model.begin()
     request = scheduler.submit(messages, tools, params, channel)
+    return _stream(channel, request, model)
+
+
+def _stream(
+    channel: Channel[GenerationEvent], request: GenerationRequest, model: LoadedModel
+) -> Iterator[GenerationEvent]:
     try:
         yield from channel
     finally:

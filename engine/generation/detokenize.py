@@ -5,8 +5,8 @@ Three stages, each holding back only what it must:
    released only once it no longer ends in a partial character (U+FFFD from the decoder).
 2. `StopFilter` — text that could still become a stop string is held until it is ruled out; a completed
    stop string ends the stream and is not emitted.
-3. `ToolCallParser` — `<tool_call>{json}</tool_call>` blocks (Qwen / Hermes) become tool calls; a block whose
-   JSON is malformed is passed on as text.
+3. `ToolCallParser` — `<tool_call>{json}</tool_call>` blocks (Qwen / Hermes), or an answer made only of JSON
+   objects naming offered tools, become tool calls; a block whose JSON is malformed is passed on as text.
 """
 
 from __future__ import annotations
@@ -108,12 +108,19 @@ class ToolCallPiece:
 
 
 class ToolCallParser:
-    """Splits text into plain text and parsed `<tool_call>` blocks; `enabled=False` passes text through."""
+    """Splits text into plain text and parsed tool calls; `enabled=False` passes text through.
 
-    def __init__(self, enabled: bool, call_id_prefix: str = "call") -> None:
+    Two shapes are recognised: `<tool_call>{json}</tool_call>` blocks anywhere (Qwen / Hermes), and an answer
+    that is nothing but JSON objects naming offered tools (small models such as Qwen2.5-Coder-0.5B often drop
+    the tags). An answer that starts with `{` is therefore held until it ends when tools were offered."""
+
+    def __init__(self, enabled: bool, call_id_prefix: str = "call", tool_names: Sequence[str] = ()) -> None:
         self.enabled = enabled
+        self.tool_names = frozenset(tool_names)
         self._buffer = ""
         self._inside = False
+        self._leading = True  # nothing but whitespace seen so far
+        self._bare = False  # the answer started with "{": decided at the end
         self._prefix = call_id_prefix
         self.calls = 0
 
@@ -121,6 +128,14 @@ class ToolCallParser:
         if not self.enabled:
             return [TextPiece(text)] if text else []
         self._buffer += text
+        if self._leading:
+            stripped = self._buffer.lstrip()
+            if not stripped:
+                return []
+            self._leading = False
+            self._bare = stripped.startswith("{")
+        if self._bare:
+            return []
         pieces: list[TextPiece | ToolCallPiece] = []
         while True:
             if not self._inside:
@@ -150,10 +165,38 @@ class ToolCallParser:
         buffer, self._buffer = self._buffer, ""
         if not buffer:
             return []
+        if self._bare:
+            return self._parse_bare(buffer)
         if self._inside:
             self._inside = False
             return [self._parse(buffer, buffer[len(TOOL_OPEN) :])]
         return [TextPiece(buffer)]
+
+    def _parse_bare(self, text: str) -> list[TextPiece | ToolCallPiece]:
+        """All-JSON answer: tool calls only if every object names an offered tool, else the text unchanged."""
+        decoder = json.JSONDecoder()
+        values: list[object] = []
+        position = 0
+        try:
+            while position < len(text):
+                while position < len(text) and text[position].isspace():
+                    position += 1
+                if position == len(text):
+                    break
+                value, position = decoder.raw_decode(text, position)
+                values.append(value)
+        except ValueError:
+            return [TextPiece(text)]
+        if not values or not all(self._names_offered_tool(value) for value in values):
+            return [TextPiece(text)]
+        return [self._call(value) for value in values]  # type: ignore[arg-type]
+
+    def _names_offered_tool(self, value: object) -> bool:
+        return (
+            isinstance(value, dict)
+            and value.get("name") in self.tool_names
+            and ("arguments" in value or "parameters" in value)
+        )
 
     def _parse(self, block: str, body: str) -> TextPiece | ToolCallPiece:
         try:
@@ -162,11 +205,11 @@ class ToolCallParser:
             return TextPiece(block)
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             return TextPiece(block)
+        return self._call(value)
+
+    def _call(self, value: dict) -> ToolCallPiece:
         arguments = value.get("arguments", value.get("parameters", {}))
-        if isinstance(arguments, str):
-            arguments_text = arguments
-        else:
-            arguments_text = json.dumps(arguments, ensure_ascii=False)
+        arguments_text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
         self.calls += 1
         return ToolCallPiece(ToolCall(f"{self._prefix}_{self.calls}", value["name"], arguments_text))
 
@@ -174,10 +217,12 @@ class ToolCallParser:
 class OutputStream:
     """The three stages chained for one sequence: feed token ids, get text pieces and tool calls."""
 
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], parse_tools: bool, call_id_prefix: str) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, stops: Sequence[str], tool_names: Sequence[str], call_id_prefix: str
+    ) -> None:
         self.decoder = IncrementalDecoder(tokenizer)
         self.stop = StopFilter(stops)
-        self.tools = ToolCallParser(parse_tools, call_id_prefix)
+        self.tools = ToolCallParser(bool(tool_names), call_id_prefix, tool_names)
 
     @property
     def stopped(self) -> bool:

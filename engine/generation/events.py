@@ -10,9 +10,11 @@ from engine.generation.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class GenerationParams:
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams | None = None  # None: the model's defaults (generation_config.json)
     max_tokens: int | None = None  # None: until EOS, a stop string or the context window
     stop: tuple[str, ...] = ()
+    # Per-request values (name, value) laid over the model's defaults when `sampling` is None.
+    overrides: tuple[tuple[str, float | int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Finished:
     time_to_first_token: float  # seconds from submission to the first sampled token
     decode_tokens_per_second: float  # after the first token
     total_seconds: float
+    output_ids: tuple[int, ...] = ()  # the generated token ids, EOS included (tests, benchmarks, diagnostics)
 
 
 GenerationEvent = TextDelta | ToolCallDelta | Finished

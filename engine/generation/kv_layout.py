@@ -63,11 +63,14 @@ def read_kv_layout(session: ort.InferenceSession, directory: Path, layout: str) 
     past = _graph_past(session)
     if not past:
         raise ModelLoadError(
-            "model_path", "the ONNX graph has no past_key_values.N.key/value inputs: not a decoder exported with a KV cache"
+            "model_path",
+            "the ONNX graph has no past_key_values.N.key/value inputs: not a decoder exported with a KV cache",
         )
     count = max(past) + 1
     if sorted(past) != list(range(count)) or any(set(p) != {"key", "value"} for p in past.values()):
-        raise ModelLoadError("model_path", "the graph's past_key_values inputs are incomplete (a layer lacks key or value)")
+        raise ModelLoadError(
+            "model_path", "the graph's past_key_values inputs are incomplete (a layer lacks key or value)"
+        )
     first = past[0]["key"]
     dtype = _ORT_FLOAT_TYPES.get(first.type)
     if dtype is None:
@@ -97,7 +100,9 @@ def read_kv_layout(session: ort.InferenceSession, directory: Path, layout: str) 
     if layers is not None and layers != count:
         raise ModelLoadError("model_path", f"{source} gives {layers} layers but the graph has KV inputs for {count}")
     if kv_heads is None or head_dim is None:
-        raise ModelLoadError("model_path", f"the KV-cache shape is unknown: neither {source} nor the graph give heads/head size")
+        raise ModelLoadError(
+            "model_path", f"the KV-cache shape is unknown: neither {source} nor the graph give heads/head size"
+        )
     for pair in past.values():
         for arg in pair.values():
             _check_dim(arg, 1, kv_heads, "num_key_value_heads", source)

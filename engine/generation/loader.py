@@ -112,8 +112,9 @@ def build_generator(
     template = ChatTemplate.load(directory)
     if settings.mode == "chat" and template is None:
         raise ModelLoadError(
-            "mode", f"{directory.name} has no chat template (tokenizer_config.json or chat_template.jinja); "
-            "set mode to completion for a base model"
+            "mode",
+            f"{directory.name} has no chat template (tokenizer_config.json or chat_template.jinja); "
+            "set mode to completion for a base model",
         )
     context = resolve_context(profile, directory)
     session, loaded_path = session_for(profile, files, placement)
@@ -122,16 +123,21 @@ def build_generator(
     eos_text = dict(template.special_tokens).get("eos_token") if template else None
     eos_ids = eos_token_ids(directory, tokenizer.token_to_id(eos_text) if eos_text else None)
     if not eos_ids:
-        raise ModelLoadError("model_path", "no end-of-sequence token id in generation_config.json, config.json or tokenizer_config.json")
+        raise ModelLoadError(
+            "model_path", "no end-of-sequence token id in generation_config.json, config.json or tokenizer_config.json"
+        )
     # A real forward pass now, so credential validation proves the graph runs with this cache layout.
     runner.forward(runner.new_cache(8), tokenizer.encode("Hello", add_special_tokens=False).ids[:4] or [0])
     prompts = PromptBuilder(tokenizer, template, settings.mode, context, settings.prompt_overflow)
     name = f"{directory.name}[llm]"
-    scheduler = GenerationScheduler(name, runner, prompts, tokenizer, eos_ids, settings, wake)
+    defaults = defaults_from_generation_config(read_optional_json(directory / "generation_config.json"))
+    scheduler = GenerationScheduler(name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults)
     info = ModelInfo(
         name=name,
         model_type=profile.model_type,
-        onnx_file=str(loaded_path.relative_to(directory)) if loaded_path.is_relative_to(directory) else loaded_path.name,
+        onnx_file=str(loaded_path.relative_to(directory))
+        if loaded_path.is_relative_to(directory)
+        else loaded_path.name,
         layout=files.layout,
         size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
         load_seconds=0.0,

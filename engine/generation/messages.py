@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import BadRequestError
@@ -31,9 +31,18 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any]
+    definition: dict[str, Any] | None = field(default=None, compare=False)  # an OpenAI-shaped dict, kept verbatim
+
+    @classmethod
+    def from_definition(cls, definition: dict[str, Any]) -> ToolSpec:
+        """From an OpenAI/HF tool dict ({"type": "function", "function": {...}}), rendered exactly as given."""
+        function = definition.get("function", definition)
+        return cls(function["name"], function.get("description", ""), function.get("parameters", {}), definition)
 
     def as_template_dict(self) -> dict[str, Any]:
         """The OpenAI/HF tool shape chat templates expect."""
+        if self.definition is not None:
+            return self.definition
         return {
             "type": "function",
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
@@ -85,4 +94,3 @@ def _arguments(call: ToolCall) -> Any:
     except ValueError:
         return call.arguments
     return value if isinstance(value, dict) else call.arguments
-

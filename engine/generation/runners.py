@@ -61,7 +61,9 @@ class OptimumRunner:
         known.update(name for pair in layout.past_names for name in pair)
         unknown = sorted(inputs - known)
         if unknown:
-            raise ModelLoadError("model_path", f"the decoder graph needs inputs this runner does not feed: {', '.join(unknown)}")
+            raise ModelLoadError(
+                "model_path", f"the decoder graph needs inputs this runner does not feed: {', '.join(unknown)}"
+            )
         empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
         self._empty = ort.OrtValue.ortvalue_from_numpy(empty)
         self._empty_buffer = empty
@@ -104,7 +106,9 @@ class GenaiRunner:
         known.update(name for pair in layout.past_names for name in pair)
         unknown = sorted(inputs - known)
         if unknown:
-            raise ModelLoadError("model_path", f"the genai graph needs inputs this runner does not feed: {', '.join(unknown)}")
+            raise ModelLoadError(
+                "model_path", f"the genai graph needs inputs this runner does not feed: {', '.join(unknown)}"
+            )
         self.has_position_ids = "position_ids" in inputs
 
     def new_cache(self, capacity: int) -> KvCache:

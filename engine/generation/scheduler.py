@@ -22,7 +22,7 @@ from engine.generation.events import Finished, GenerationEvent, GenerationParams
 from engine.generation.messages import ChatMessage, ToolSpec
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, KvCache
-from engine.generation.sampling import Sampler
+from engine.generation.sampling import Sampler, SamplingParams
 from engine.generation.settings import GenerationSettings
 from engine.native import allocate_lock, monotonic
 
@@ -63,7 +63,7 @@ class _Sequence:
     last_token: int = -1
     first_token_at: float | None = None
     tool_calls: int = 0
-    events: list[GenerationEvent] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
 
 
 class GenerationScheduler:
@@ -76,6 +76,7 @@ class GenerationScheduler:
         eos_ids: frozenset[int],
         settings: GenerationSettings,
         wake: object,
+        default_sampling: SamplingParams | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -83,6 +84,7 @@ class GenerationScheduler:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.settings = settings
+        self.default_sampling = default_sampling or SamplingParams()
         self.context = prompts.context
         self._wake = wake
         self._lock = allocate_lock()
@@ -153,6 +155,7 @@ class GenerationScheduler:
     def _start(self, request: GenerationRequest) -> _Sequence:
         prompt = self.prompts.build(request.messages, request.tools)
         params = request.params
+        sampling = params.sampling or self.default_sampling.with_overrides(dict(params.overrides))
         limit = self.context if params.max_tokens is None else min(self.context, len(prompt) + params.max_tokens)
         capacity = min(self.context, -(-limit // CAPACITY_STEP) * CAPACITY_STEP)
         self._request_count += 1
@@ -162,8 +165,10 @@ class GenerationScheduler:
             request=request,
             prompt=prompt,
             cache=self.runner.new_cache(capacity),
-            sampler=Sampler(params.sampling, prompt, self.runner.layout.vocab_size),
-            output=OutputStream(self.tokenizer, params.stop, bool(request.tools), f"call_{self._request_count}"),
+            sampler=Sampler(sampling, prompt, self.runner.layout.vocab_size),
+            output=OutputStream(
+                self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
+            ),
             started=now,
             deadline=now + seconds if seconds > 0 else None,
         )
@@ -174,6 +179,8 @@ class GenerationScheduler:
             logits = self.runner.forward(sequence.cache, chunk)
             sequence.prefilled += len(chunk)
             if sequence.prefilled < len(sequence.prompt):
+                if self._past_deadline(sequence, monotonic()):
+                    self._finish(sequence, "length")
                 return
         else:
             logits = self.runner.forward(sequence.cache, [sequence.last_token])
@@ -183,25 +190,35 @@ class GenerationScheduler:
             sequence.first_token_at = now
         sequence.generated += 1
         sequence.last_token = token
+        sequence.output_ids.append(token)
         if token in self.eos_ids:
             self._finish(sequence, "stop")
             return
         self._deliver(sequence, sequence.output.push(token))
-        params = sequence.request.params
         if sequence.output.stopped:
             self._finish(sequence, "stop")
-        elif params.max_tokens is not None and sequence.generated >= params.max_tokens:
+        elif self._out_of_room(sequence) or self._past_deadline(sequence, now):
             self._finish(sequence, "length")
-        elif len(sequence.prompt) + sequence.generated >= self.context:
-            self._finish(sequence, "length")
-        elif sequence.deadline is not None and now >= sequence.deadline:
-            log.warning(
-                "generation on %s ended after %.0fs by max_generation_seconds (%d tokens generated)",
-                self.name,
-                now - sequence.started,
-                sequence.generated,
-            )
-            self._finish(sequence, "length")
+
+    def _past_deadline(self, sequence: _Sequence, now: float) -> bool:
+        if sequence.deadline is None or now < sequence.deadline:
+            return False
+        log.warning(
+            "generation on %s ended after %.1fs by max_generation_seconds (%d of %d prompt tokens read, %d generated)",
+            self.name,
+            now - sequence.started,
+            sequence.prefilled,
+            len(sequence.prompt),
+            sequence.generated,
+        )
+        return True
+
+    def _out_of_room(self, sequence: _Sequence) -> bool:
+        """max_tokens reached, or the context window has no room to feed the new token back."""
+        max_tokens = sequence.request.params.max_tokens
+        if max_tokens is not None and sequence.generated >= max_tokens:
+            return True
+        return len(sequence.prompt) + sequence.generated >= self.context
 
     def _deliver(self, sequence: _Sequence, pieces: list) -> None:
         channel = sequence.request.channel
@@ -231,6 +248,7 @@ class GenerationScheduler:
                 time_to_first_token=first - sequence.request.submitted,
                 decode_tokens_per_second=rate,
                 total_seconds=now - sequence.request.submitted,
+                output_ids=tuple(sequence.output_ids),
             )
         )
         channel.close()

@@ -35,8 +35,9 @@ def _raise_exception(message: str) -> None:
     raise TemplateError(f"the chat template rejected the conversation: {message}")
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+) -> str:
     # Like transformers: no HTML escaping, non-ASCII kept (jinja2's own tojson escapes <, >, & and ').
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -48,7 +49,7 @@ def _strftime_now(fmt: str) -> str:
 class _GenerationMarker(Extension):
     """`{% generation %}…{% endgeneration %}` marks assistant text for training masks; rendering keeps the body."""
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser: Any) -> nodes.Node:
         lineno = next(parser.stream).lineno
@@ -109,7 +110,9 @@ class ChatTemplate:
             try:
                 default = jinja_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
-                raise ModelLoadError("model_path", f"{jinja_file.name} in {directory} could not be read as UTF-8") from None
+                raise ModelLoadError(
+                    "model_path", f"{jinja_file.name} in {directory} could not be read as UTF-8"
+                ) from None
         if default is None and tool_use is None:
             return None
         tokens = tuple((key, text) for key in SPECIAL_TOKEN_KEYS if (text := _token_text(config.get(key))) is not None)
@@ -122,7 +125,9 @@ class ChatTemplate:
         try:
             return _compiled(source)
         except jinja2.TemplateSyntaxError as error:
-            raise ModelLoadError("model_path", f"the chat template has a syntax error on line {error.lineno}: {error.message}") from None
+            raise ModelLoadError(
+                "model_path", f"the chat template has a syntax error on line {error.lineno}: {error.message}"
+            ) from None
 
     @property
     def accepts_tools(self) -> bool:
@@ -154,7 +159,9 @@ class ChatTemplate:
         except jinja2.exceptions.SecurityError:
             raise TemplateError("the chat template tried an operation the sandbox forbids") from None
         except Exception as error:  # a template bug for this conversation: say so, without a traceback
-            raise TemplateError(f"the chat template failed on this conversation: {type(error).__name__}: {error}") from None
+            raise TemplateError(
+                f"the chat template failed on this conversation: {type(error).__name__}: {error}"
+            ) from None
 
 
 _CACHE: dict[str, jinja2.Template] = {}

@@ -133,7 +133,9 @@ class TestBrokenModelDirectories:
         profile = self.make(
             tmp_path, {"model.onnx": secret, "tokenizer.json": (EMBEDDER / "tokenizer.json").read_bytes()}
         )
-        with pytest.raises(ModelLoadError, match="^model_path: model.onnx (could not be loaded|is not a valid ONNX model)") as caught:
+        with pytest.raises(
+            ModelLoadError, match="^model_path: model.onnx (could not be loaded|is not a valid ONNX model)"
+        ) as caught:
             engine.load(profile)
         assert "SECRET" not in str(caught.value)
 

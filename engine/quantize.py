@@ -1,0 +1,194 @@
+"""Quantize-on-load: turn an fp32 ONNX file into an int8 or int4 one once, cache it, and load the cached file.
+
+* int8: `quantize_dynamic` (QInt8 weights, dynamic uint8 activations) of MatMul and Gather.
+* int4: `MatMulNBitsQuantizer`, RTN, symmetric, `block_size`, `accuracy_level` (4 = int8 compute, the fast CPU
+  kernel); decoders also get their embedding Gather 4-bit (GatherBlockQuantized), encoders keep it fp32 because
+  their embedding is small and feeds every token's representation directly.
+
+The result is cached by the source's content hash, the settings and the onnxruntime/onnx versions
+(engine/quantize_cache.py). The tools (tools/convert.py, tools/build_models.py) call `quantize_file` so the
+files they ship and the files the plugin builds on load come from the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import ModelLoadError, SettingError
+from engine.model_files import ModelFiles, external_data_files, graph_kind, is_quantized
+from engine.profile import QuantizationSettings
+from engine.quantize_cache import build_entry, cached_file_hash, resolve_cache_root
+
+log = logging.getLogger(__name__)
+
+METHODS = ("int8", "int4")
+# Bump when the quantization recipe changes: old cache entries then stop matching.
+RECIPE_VERSION = 1
+# Protobuf cannot hold more than 2 GB; keep a margin for the graph itself.
+_SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def quantize_int8(src: Path, dst: Path, external_data: bool = False) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        src,
+        dst,
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        reduce_range=False,
+        op_types_to_quantize=["MatMul", "Gather"],
+        use_external_data_format=external_data,
+    )
+
+
+def quantize_int4(
+    src: Path,
+    dst: Path,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    gather: bool = True,
+    external_data: bool = False,
+) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    ops: tuple[str, ...] = ("MatMul", "Gather") if gather else ("MatMul",)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=accuracy_level or None,  # 0/None: fp32 compute
+        op_types_to_quantize=ops,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)  # onnx.load pulls external data
+    with np.errstate(invalid="ignore", divide="ignore"):  # all-zero blocks: scale 0, handled by the quantizer
+        quantizer.process()
+    if external_data:
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+    else:
+        onnx.save_model(quantizer.model.model, str(dst))
+
+
+def quantize_file(
+    src: Path, dst: Path, method: str, block_size: int = 32, accuracy_level: int = 4, decoder: bool | None = None
+) -> None:
+    """Quantize `src` into `dst` (external data beside `dst` only when the result would exceed protobuf's 2 GB)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}")
+    total = src.stat().st_size + sum(p.stat().st_size for p in external_data_files(src))
+    if decoder is None:
+        decoder = graph_kind(src) == "decoder"
+    if method == "int8":
+        quantize_int8(src, dst, external_data=total / 3.5 > _SINGLE_FILE_LIMIT)
+    else:
+        quantize_int4(
+            src, dst, block_size, accuracy_level, gather=decoder, external_data=total / 6 > _SINGLE_FILE_LIMIT
+        )
+
+
+def _require_quantization_packages(method: str) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it since onnxruntime 1.31)
+    except ImportError:
+        allowed = "none (quantize-on-load needs the onnx and onnx-ir packages)"
+        raise SettingError("quantization", method, allowed) from None
+
+
+def _source_hash(files: ModelFiles, root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in (files.onnx_path, *external_data_files(files.onnx_path)):
+        digest.update(f"{path.name}\0{cached_file_hash(path, root)}\0".encode())
+    return digest.hexdigest()
+
+
+def cache_entry(files: ModelFiles, settings: QuantizationSettings) -> tuple[Path, str, dict[str, object]]:
+    """(cache root, entry name, manifest info) of a source file and settings: the name is derived from the source's
+    content hash, the settings that matter for the method and the onnxruntime/onnx versions."""
+    method = settings.method
+    root = resolve_cache_root(settings.cache_dir)
+    source = files.onnx_path
+    info: dict[str, object] = {
+        "source": str(source),
+        "source_sha256": _source_hash(files, root),
+        "method": method,
+        "block_size": settings.block_size if method == "int4" else 0,
+        "accuracy_level": settings.accuracy_level if method == "int4" else 0,
+        "recipe": RECIPE_VERSION,
+        **_versions(),
+    }
+    key = hashlib.sha256(
+        json.dumps({k: v for k, v in info.items() if k != "source"}, sort_keys=True).encode()
+    ).hexdigest()
+    return root, f"{files.directory.name[:48]}-{source.stem[:32]}-{method}-{key[:20]}", info
+
+
+def prepare_onnx_file(files: ModelFiles, settings: QuantizationSettings) -> Path:
+    """The file to load for `settings`: the source itself (method none, or already quantized) or a verified
+    cached quantized copy, built now if needed. Runs on the model's worker thread; may take tens of seconds."""
+    method = settings.method
+    if method == "none":
+        return files.onnx_path
+    if method not in METHODS:
+        raise SettingError("quantization", method, "none, int8, int4")
+    _require_quantization_packages(method)
+    source = files.onnx_path
+    try:
+        already = is_quantized(source)
+    except ModelLoadError:
+        raise ModelLoadError("quantization", f"{source.name} could not be read as an ONNX model") from None
+    if already:
+        log.info("%s is already quantized; loading it as is (quantization=%s ignored)", source.name, method)
+        return source
+    root, name, info = cache_entry(files, settings)
+    block_size, accuracy = int(str(info["block_size"])), int(str(info["accuracy_level"]))
+
+    def build(output: Path) -> None:
+        started = time.monotonic()
+        log.info(
+            "quantizing %s (%.1f MB) to %s%s; this runs once per file and settings",
+            source.name,
+            files.size_bytes / 1e6,
+            method,
+            f" (block {block_size}, accuracy level {accuracy})" if method == "int4" else "",
+        )
+        try:
+            quantize_file(source, output, method, block_size, accuracy)
+        except MemoryError:
+            raise ModelLoadError("quantization", f"not enough memory to quantize {source.name} to {method}") from None
+        except Exception as error:  # onnx/ORT raise many types; their text may quote the model's bytes
+            log.debug("quantizing %s failed: %s", source.name, type(error).__name__)
+            raise ModelLoadError(
+                "quantization", f"{source.name} could not be quantized to {method} ({type(error).__name__})"
+            ) from None
+        log.info(
+            "quantized %s to %s in %.1fs (%.1f MB)",
+            source.name,
+            method,
+            time.monotonic() - started,
+            output.stat().st_size / 1e6,
+        )
+
+    try:
+        path, built = build_entry(root, name, "model.onnx", build, info)
+    except OSError as error:
+        raise ModelLoadError(
+            "quantization", f"the quantization cache in {root} is not usable ({error.strerror or error})"
+        ) from None
+    if not built:
+        log.info("using cached %s copy of %s: %s (%.1f MB)", method, source.name, path, path.stat().st_size / 1e6)
+    return path

@@ -1,0 +1,314 @@
+"""Dify adapter for chat / completion models: Dify entities → engine generation → LLMResultChunk stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Sequence
+from decimal import Decimal
+
+from dify_plugin import LargeLanguageModel
+from dify_plugin.entities import I18nObject
+from dify_plugin.entities.model import (
+    AIModelEntity,
+    FetchFrom,
+    ModelFeature,
+    ModelPropertyKey,
+    ModelType,
+    ParameterRule,
+    ParameterType,
+)
+from dify_plugin.entities.model.llm import LLMMode, LLMResult, LLMResultChunk, LLMResultChunkDelta, LLMUsage
+from dify_plugin.entities.model.message import (
+    AssistantPromptMessage,
+    PromptMessage,
+    PromptMessageTool,
+    TextPromptMessageContent,
+    ToolPromptMessage,
+)
+from dify_plugin.errors.model import InvokeError
+
+from engine.errors import EngineError
+from engine.generation.api import count_prompt_tokens, generate, model_traits
+from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
+from engine.generation.loader import ModelTraits
+from engine.generation.messages import ChatMessage, ContentPart, ToolCall, ToolSpec
+from engine.generation.sampling import SamplingParams
+from models.common import INVOKE_ERROR_MAPPING, engine, profile_for, validate_model
+
+# Dify's role names → the roles chat templates know (OpenAI's "developer" is a system message).
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+DEFAULT_MAX_TOKENS = 512
+SAMPLING_PARAMETERS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "seed",
+)
+
+
+def to_engine_messages(prompt_messages: Sequence[PromptMessage]) -> list[ChatMessage]:
+    messages = []
+    for message in prompt_messages:
+        role = _ROLES.get(message.role.value, message.role.value)
+        content: str | tuple[ContentPart, ...]
+        if isinstance(message.content, list):
+            content = tuple(
+                ContentPart("text", part.data)
+                if isinstance(part, TextPromptMessageContent)
+                else ContentPart(part.type.value)
+                for part in message.content
+            )
+        else:
+            content = message.content or ""
+        calls: tuple[ToolCall, ...] = ()
+        if isinstance(message, AssistantPromptMessage):
+            calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in message.tool_calls)
+        call_id = message.tool_call_id if isinstance(message, ToolPromptMessage) else ""
+        messages.append(ChatMessage(role, content, calls, call_id, message.name or ""))
+    return messages
+
+
+def to_engine_tools(tools: Sequence[PromptMessageTool] | None) -> list[ToolSpec]:
+    return [ToolSpec(tool.name, tool.description, dict(tool.parameters)) for tool in tools or ()]
+
+
+def to_params(model_parameters: dict, stop: Sequence[str] | None) -> GenerationParams:
+    """The request's sampling values are laid over the model's generation_config defaults by the engine."""
+    overrides = tuple(
+        (name, model_parameters[name]) for name in SAMPLING_PARAMETERS if model_parameters.get(name) is not None
+    )
+    max_tokens = model_parameters.get("max_tokens")
+    return GenerationParams(
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
+        stop=tuple(s for s in stop or () if s),
+        overrides=overrides,
+    )
+
+
+def _usage(finished: Finished, latency: float) -> LLMUsage:
+    zero = Decimal("0.0")
+    return LLMUsage(
+        prompt_tokens=finished.prompt_tokens,
+        prompt_unit_price=zero,
+        prompt_price_unit=zero,
+        prompt_price=zero,
+        completion_tokens=finished.completion_tokens,
+        completion_unit_price=zero,
+        completion_price_unit=zero,
+        completion_price=zero,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+        total_price=zero,
+        currency="USD",
+        latency=latency,
+    )
+
+
+def _dify_call(call: ToolCall) -> AssistantPromptMessage.ToolCall:
+    return AssistantPromptMessage.ToolCall(
+        id=call.id,
+        type="function",
+        function=AssistantPromptMessage.ToolCall.ToolCallFunction(name=call.name, arguments=call.arguments),
+    )
+
+
+class OnnxLocalLargeLanguageModel(LargeLanguageModel):
+    def _invoke(
+        self,
+        model: str,
+        credentials: dict,
+        prompt_messages: list[PromptMessage],
+        model_parameters: dict,
+        tools: list[PromptMessageTool] | None = None,
+        stop: list[str] | None = None,
+        stream: bool = True,
+        user: str | None = None,
+    ) -> LLMResult | Generator[LLMResultChunk, None, None]:
+        profile = profile_for(credentials, ModelType.LLM)
+        events = generate(
+            engine(),
+            profile,
+            to_engine_messages(prompt_messages),
+            to_params(model_parameters, stop),
+            to_engine_tools(tools),
+        )
+        if stream:
+            return self._stream(model, events)
+        return self._collect(model, prompt_messages, events)
+
+    def _stream(self, model: str, events) -> Generator[LLMResultChunk, None, None]:  # type: ignore[no-untyped-def]
+        try:
+            yield from self._chunks(model, events)
+        except Exception as error:  # raised while streaming, after invoke()'s own error translation
+            raise self._transform_invoke_error(error) from error
+
+    def _chunks(self, model: str, events) -> Generator[LLMResultChunk, None, None]:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        for index, event in enumerate(events):
+            if isinstance(event, TextDelta):
+                message = AssistantPromptMessage(content=event.text)
+            elif isinstance(event, ToolCallDelta):
+                message = AssistantPromptMessage(content="", tool_calls=[_dify_call(event.call)])
+            else:
+                assert isinstance(event, Finished)
+                usage = _usage(event, time.perf_counter() - started)
+                delta = LLMResultChunkDelta(
+                    index=index,
+                    message=AssistantPromptMessage(content=""),
+                    usage=usage,
+                    finish_reason=event.finish_reason,
+                )
+                yield LLMResultChunk(model=model, delta=delta)
+                return
+            yield LLMResultChunk(model=model, delta=LLMResultChunkDelta(index=index, message=message))
+
+    def _collect(self, model: str, prompt_messages: list[PromptMessage], events) -> LLMResult:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        texts: list[str] = []
+        calls: list[AssistantPromptMessage.ToolCall] = []
+        usage = LLMUsage.empty_usage()
+        for event in events:
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                calls.append(_dify_call(event.call))
+            elif isinstance(event, Finished):
+                usage = _usage(event, time.perf_counter() - started)
+        message = AssistantPromptMessage(content="".join(texts), tool_calls=calls)
+        return LLMResult(model=model, prompt_messages=prompt_messages, message=message, usage=usage)
+
+    def get_num_tokens(
+        self,
+        model: str,
+        credentials: dict,
+        prompt_messages: list[PromptMessage],
+        tools: list[PromptMessageTool] | None = None,
+    ) -> int:
+        profile = profile_for(credentials, ModelType.LLM)
+        return count_prompt_tokens(engine(), profile, to_engine_messages(prompt_messages), to_engine_tools(tools))
+
+    def validate_credentials(self, model: str, credentials: dict) -> None:
+        validate_model(credentials, ModelType.LLM)
+
+    def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
+        try:
+            traits: ModelTraits | None = model_traits(profile_for(credentials, ModelType.LLM))
+        except EngineError:
+            traits = None  # invalid settings are reported by validation; still describe the model
+        return llm_schema(model, traits)
+
+    @property
+    def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
+        return INVOKE_ERROR_MAPPING
+
+
+def _rule(
+    name: str,
+    kind: ParameterType,
+    label: str,
+    help_text: str,
+    default: object,
+    low: float | None,
+    high: float | None,
+    precision: int | None = None,
+) -> ParameterRule:
+    return ParameterRule(
+        name=name,
+        label=I18nObject(en_US=label),
+        type=kind,
+        help=I18nObject(en_US=help_text),
+        required=False,
+        default=default,
+        min=low,
+        max=high,
+        precision=precision,
+    )
+
+
+def llm_schema(model: str, traits: ModelTraits | None) -> AIModelEntity:
+    context = traits.context_size if traits else 2048
+    d = traits.defaults if traits else SamplingParams(temperature=0.7)
+    max_default = min(
+        context, (traits.default_max_tokens if traits and traits.default_max_tokens else DEFAULT_MAX_TOKENS)
+    )
+    F, I = ParameterType.FLOAT, ParameterType.INT  # noqa: E741
+    rules = [
+        _rule(
+            "temperature",
+            F,
+            "Temperature",
+            "Randomness; 0 always picks the most likely token.",
+            d.temperature,
+            0.0,
+            2.0,
+            2,
+        ),
+        _rule(
+            "top_p",
+            F,
+            "Top P",
+            "Sample from the smallest set of tokens whose probability reaches P.",
+            d.top_p,
+            0.01,
+            1.0,
+            2,
+        ),
+        _rule("top_k", I, "Top K", "Sample from the K most likely tokens; 0 turns it off.", d.top_k, 0, 1000),
+        _rule("min_p", F, "Min P", "Drop tokens less likely than this fraction of the best one.", d.min_p, 0.0, 1.0, 2),
+        _rule(
+            "presence_penalty",
+            F,
+            "Presence penalty",
+            "Penalise tokens already generated (once).",
+            d.presence_penalty,
+            -2.0,
+            2.0,
+            2,
+        ),
+        _rule(
+            "frequency_penalty",
+            F,
+            "Frequency penalty",
+            "Penalise tokens by how often they were generated.",
+            d.frequency_penalty,
+            -2.0,
+            2.0,
+            2,
+        ),
+        _rule(
+            "repetition_penalty",
+            F,
+            "Repetition penalty",
+            "Divide the scores of tokens seen in the prompt or output (1: off).",
+            d.repetition_penalty,
+            0.5,
+            2.0,
+            2,
+        ),
+        _rule("seed", I, "Seed", "Same seed and parameters give the same answer.", None, 0, 2**31 - 1),
+        _rule(
+            "max_tokens",
+            I,
+            "Max tokens",
+            "Most tokens to generate (bounded by the context window).",
+            max_default,
+            1,
+            context,
+        ),
+    ]
+    features = []
+    if traits is not None and traits.accepts_tools:
+        features = [ModelFeature.TOOL_CALL, ModelFeature.MULTI_TOOL_CALL, ModelFeature.STREAM_TOOL_CALL]
+    mode = LLMMode.COMPLETION if traits is not None and traits.mode == "completion" else LLMMode.CHAT
+    return AIModelEntity(
+        model=model,
+        label=I18nObject(en_US=model),
+        model_type=ModelType.LLM,
+        fetch_from=FetchFrom.CUSTOMIZABLE_MODEL,
+        model_properties={ModelPropertyKey.MODE: mode.value, ModelPropertyKey.CONTEXT_SIZE: context},
+        parameter_rules=rules,
+        features=features,
+    )

@@ -1,0 +1,130 @@
+"""The generation scheduler stepped by hand (no worker thread): fairness, admission limits, cancellation, and
+the load-time checks of the decoder graph against its config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.channel import Channel
+from engine.errors import ModelLoadError
+from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta
+from engine.generation.loader import build_generator
+from engine.generation.messages import ChatMessage
+from engine.generation.sampling import SamplingParams
+from engine.generation.scheduler import GenerationScheduler
+from engine.model_files import find_model_files
+from engine.placement import Placement
+from engine.profile import parse_profile
+
+ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
+GREEDY = GenerationParams(SamplingParams(temperature=0.0), max_tokens=16)
+
+
+def build(directory: Path, root: Path = ROOT, **values: str) -> GenerationScheduler:
+    profile = parse_profile({"model_path": directory.name, "intra_op_threads": "1", **values}, "llm", roots=(root,))
+    scheduler, _ = build_generator(
+        profile, find_model_files(profile.model_dir), Placement(None, 1, False), lambda: None
+    )
+    return scheduler
+
+
+def submit(scheduler: GenerationScheduler, text: str, log: list[tuple[int, GenerationEvent]], index: int):
+    channel: Channel[GenerationEvent] = Channel()
+    original_put = channel.put
+
+    def put(item: GenerationEvent) -> None:  # record the order in which the worker produced items
+        log.append((index, item))
+        original_put(item)
+
+    channel.put = put  # type: ignore[method-assign]
+    return scheduler.submit([ChatMessage("user", text)], [], GREEDY, channel)
+
+
+def run_until_idle(scheduler: GenerationScheduler, limit: int = 10_000) -> int:
+    steps = 0
+    while scheduler.step() is not None:
+        steps += 1
+        assert steps < limit
+    return steps
+
+
+def test_active_sequences_take_turns_and_extra_requests_wait() -> None:
+    scheduler = build(ROOT / "tiny-qwen2-decoder", max_concurrent_sequences="2")
+    log: list[tuple[int, GenerationEvent]] = []
+    for index, text in enumerate(["Hello! What can you do?", "Tell me about rivers.", "A third request."]):
+        submit(scheduler, text, log, index)
+    scheduler.step()
+    assert scheduler.active_sequences == 2  # the third waits for a free slot
+    run_until_idle(scheduler)
+    finished = [index for index, item in log if isinstance(item, Finished)]
+    assert sorted(finished) == [0, 1, 2]
+    first_done = next(position for position, (_, item) in enumerate(log) if isinstance(item, Finished))
+    before = {index for index, item in log[:first_done] if isinstance(item, TextDelta)}
+    # Both admitted sequences produced text before either finished: interleaved, not run one after the other.
+    assert before == {0, 1}
+
+
+def test_a_cancelled_request_is_dropped_at_the_next_step() -> None:
+    scheduler = build(ROOT / "tiny-qwen2-decoder")
+    log: list[tuple[int, GenerationEvent]] = []
+    request = submit(scheduler, "Hello! What can you do?", log, 0)
+    for _ in range(3):
+        scheduler.step()
+    assert scheduler.active_sequences == 1
+    request.cancel()
+    assert scheduler.step() is None
+    assert scheduler.active_sequences == 0
+
+
+def test_close_fails_waiting_and_active_requests() -> None:
+    scheduler = build(ROOT / "tiny-qwen2-decoder", max_concurrent_sequences="1")
+    channels = []
+    for text in ("one", "two"):
+        channel: Channel[GenerationEvent] = Channel()
+        scheduler.submit([ChatMessage("user", text)], [], GREEDY, channel)
+        channels.append(channel)
+    scheduler.step()
+    scheduler.close(RuntimeError("unloaded"))
+    for channel in channels:
+        with pytest.raises(RuntimeError, match="unloaded"):
+            list(channel)
+
+
+@pytest.mark.parametrize(
+    ("model", "config", "key", "value", "message"),
+    [
+        ("tiny-qwen2-decoder", "config.json", "num_key_value_heads", 4, "num_key_value_heads 4"),
+        ("tiny-qwen2-decoder", "config.json", "num_hidden_layers", 3, "3 layers"),
+        ("tiny-qwen2-decoder-genai", "genai_config.json", "num_key_value_heads", 1, "num_key_value_heads 1"),
+    ],
+)
+def test_kv_shapes_in_the_config_are_checked_against_the_graph(
+    tmp_path: Path, model: str, config: str, key: str, value: int, message: str
+) -> None:
+    source = ROOT / model
+    if not source.is_dir():
+        pytest.skip(f"{model} fixture missing")
+    target = tmp_path / model
+    shutil.copytree(source, target)
+    data = json.loads((target / config).read_text())
+    (data["model"]["decoder"] if config == "genai_config.json" else data)[key] = value
+    (target / config).write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=message):
+        build(target, root=tmp_path.resolve())
+
+
+def test_chat_mode_without_a_template_is_a_load_error_naming_mode(tmp_path: Path) -> None:
+    target = tmp_path / "base"
+    shutil.copytree(ROOT / "tiny-qwen2-decoder", target)
+    (target / "chat_template.jinja").unlink()
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (target / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="^mode: .*completion"):
+        build(target, root=tmp_path.resolve())
+    scheduler = build(target, root=tmp_path.resolve(), mode="completion")
+    assert scheduler.prompts.mode == "completion"

@@ -1,0 +1,108 @@
+"""Plain-onnxruntime helpers for the fidelity tests: sentences, mean pooling and a greedy decoding loop.
+
+Independent of the engine's generation code on purpose: the fidelity tests check the model files, not the engine.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+def stdlib_sentences(count: int = 300) -> list[str]:
+    """First sentences of stdlib docstrings (real English, no network), deterministic."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    found: list[str] = []
+    seen: set[str] = set()
+    for path in sorted(stdlib.glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)):
+                text = ast.get_docstring(node)
+                if not text:
+                    continue
+                sentence = " ".join(text.split()).split(". ")[0].strip()
+                if 30 <= len(sentence) <= 300 and sentence not in seen:
+                    seen.add(sentence)
+                    found.append(sentence)
+    step = max(1, len(found) // count)
+    return found[::step][:count]
+
+
+def session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def mean_pooled(sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
+    """sentence-transformers all-MiniLM-L6-v2: mean over real tokens, then L2 normalisation."""
+    tokenizer.enable_truncation(256)
+    names = {i.name for i in sess.get_inputs()}
+    rows = []
+    for start in range(0, len(texts), batch):
+        encodings = tokenizer.encode_batch(texts[start : start + batch])
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), np.int64)
+        mask = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = sess.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in names})[0]
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        rows.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+    return np.concatenate(rows)
+
+
+def chat_prompt(directory: Path, user: str) -> str:
+    """ChatML as the Qwen template renders it without a system message (default system prompt)."""
+    from jinja2 import Environment
+
+    template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    env = Environment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=[{"role": "user", "content": user}], add_generation_prompt=True)
+
+
+def eos_ids(directory: Path) -> set[int]:
+    config = json.loads((directory / "generation_config.json").read_text())
+    eos = config.get("eos_token_id", [])
+    return set(eos if isinstance(eos, list) else [eos])
+
+
+def greedy(
+    sess: ort.InferenceSession, prompt: list[int], max_new: int, eos: set[int], max_length: int = 0
+) -> list[int]:
+    """Greedy decoding with the KV cache. Optimum graphs: zero-length past, present fed back. genai graphs
+    (GroupQueryAttention, shared buffer): past preallocated to `max_length`, the mask says what is valid."""
+    inputs = {i.name: i for i in sess.get_inputs()}
+    out_names = [o.name for o in sess.get_outputs()]
+    past_names = [n for n in inputs if n.startswith("past_key_values.")]
+    _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
+    dtype = np.float16 if inputs["past_key_values.0.key"].type == "tensor(float16)" else np.float32
+    past = {n: np.zeros((1, kv_heads, max_length, head_dim), dtype) for n in past_names}
+    step = np.array([prompt], np.int64)
+    done, new = 0, []
+    for _ in range(max_new):
+        total = done + step.shape[1]
+        feeds = {"input_ids": step, "attention_mask": np.ones((1, total), np.int64), **past}
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(done, total, dtype=np.int64)[None, :]
+        result = dict(zip(out_names, sess.run(None, feeds)))
+        token = int(result["logits"][0, -1].argmax())
+        new.append(token)
+        if token in eos:
+            break
+        past = {n: result[n.replace("past_key_values.", "present.")] for n in past_names}
+        done, step = total, np.array([[token]], np.int64)
+    return new

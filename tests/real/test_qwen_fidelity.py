@@ -1,0 +1,77 @@
+"""Qwen2.5-Coder-0.5B-Instruct: int4 greedy vs fp32 greedy, a factual answer, and the tokenizer's special tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from tests.real.conftest import model_dir
+from tests.real.helpers import chat_prompt, eos_ids, greedy, session
+
+OPTIMUM = "qwen2.5-coder-0.5b-instruct-optimum"
+GENAI = "qwen2.5-coder-0.5b-instruct-genai"
+PROMPTS = [
+    "Write a Python function that reverses a string.",
+    "What is the capital of France?",
+    "Explain what a hash map is in two sentences.",
+    "Give me three tips for sleeping better.",
+    "Write a SQL query that counts rows in a table named users.",
+    "What does the acronym CPU stand for?",
+    "Translate 'good morning' into German.",
+    "Write a haiku about the sea.",
+]
+TOKENS = 32
+
+
+def encode(directory: Path, text: str) -> list[int]:
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    return tokenizer.encode(chat_prompt(directory, text), add_special_tokens=False).ids
+
+
+def decode(directory: Path, ids: list[int]) -> str:
+    return Tokenizer.from_file(str(directory / "tokenizer.json")).decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("name", [OPTIMUM, GENAI])
+def test_special_tokens_are_single_ids(name: str) -> None:
+    directory = model_dir(name)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    for token, expected in {
+        "<tool_call>": 151657,
+        "</tool_call>": 151658,
+        "<|im_start|>": 151644,
+        "<|im_end|>": 151645,
+    }.items():
+        assert tokenizer.encode(token, add_special_tokens=False).ids == [expected], token
+    assert "<tool_call>" in (directory / "chat_template.jinja").read_text()
+
+
+def test_int4_greedy_matches_fp32() -> None:
+    directory = model_dir(OPTIMUM)
+    eos = eos_ids(directory)
+    fp32 = session(directory / "onnx" / "model.onnx")
+    int4 = session(directory / "onnx" / "model_q4.onnx")
+    equal = 0
+    for prompt in PROMPTS:
+        ids = encode(directory, prompt)
+        reference, got = greedy(fp32, ids, TOKENS, eos), greedy(int4, ids, TOKENS, eos)
+        same = reference == got
+        equal += same
+        print(f"\n[{'same' if same else 'DIFF'}] {prompt!r}")
+        print(f"  fp32: {decode(directory, reference)!r}\n  int4: {decode(directory, got)!r}")
+    print(f"\nint4 == fp32 for the first {TOKENS} tokens on {equal}/{len(PROMPTS)} prompts")
+    assert equal >= 5
+
+
+@pytest.mark.parametrize(
+    ("name", "file"), [(OPTIMUM, "onnx/model_q4.onnx"), (OPTIMUM, "onnx/model_int8.onnx"), (GENAI, "model.onnx")]
+)
+def test_capital_of_france(name: str, file: str) -> None:
+    directory = model_dir(name)
+    sess = session(directory / file)
+    ids = encode(directory, "What is the capital of France?")
+    text = decode(directory, greedy(sess, ids, 24, eos_ids(directory), max_length=256 if name == GENAI else 0))
+    print(f"\n{name}/{file}: {text!r}")
+    assert "Paris" in text
