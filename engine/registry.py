@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from engine.channel import Completion
 from engine.errors import EngineClosedError
 from engine.model_files import ModelFiles, find_model_files
@@ -38,7 +40,7 @@ class ModelInfo:
         cores = "unpinned" if self.cores is None else "cores " + ",".join(map(str, self.cores))
         return (
             f"{self.onnx_file} ({self.layout} layout, {self.size_bytes / 1e6:.1f} MB) "
-            f"loaded in {self.load_seconds:.2f}s, "
+            f"loaded in {self.load_seconds:.2f}s (+{self.details.get('rss_delta_mb', 0)} MB RSS), "
             f"{self.threads} thread(s) on {cores}, context {self.context_size}"
         )
 
@@ -120,6 +122,7 @@ class ModelRegistry:
         self, builder: Builder, entry: _Entry, key: tuple[Any, ...], profile: RuntimeProfile, files: ModelFiles
     ) -> Scheduler:
         started = monotonic()
+        rss_before = psutil.Process().memory_info().rss
         try:
             entry.worker.prepare_thread()
             scheduler, info = builder(profile, files, entry.placement, entry.worker.wake)
@@ -133,6 +136,8 @@ class ModelRegistry:
                 waiter.set_error(error)
             raise
         info.load_seconds = monotonic() - started
+        # Process-wide, so approximate when models load concurrently; still the best cheap signal of a model's cost.
+        info.details["rss_delta_mb"] = round((psutil.Process().memory_info().rss - rss_before) / 1e6, 1)
         model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic())
         log.info("loaded model %s: %s", info.name, info.describe())
         with self._lock:
