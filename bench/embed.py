@@ -169,6 +169,19 @@ def fresh_engine() -> Iterator[Engine]:
         engine.close()
 
 
+def sweep(model_dir: Path, texts: list[str], threads: int) -> list[dict]:
+    """The indexing pattern under several batching settings, to choose the defaults."""
+    rows = []
+    for size, window in ((4, "2"), (8, "2"), (16, "2"), (32, "2"), (16, "0"), (16, "5")):
+        prof = profile(model_dir, "text-embedding", threads, max_batch_size=str(size), batch_window_ms=window)
+        with fresh_engine() as engine:
+            engine.embed(prof, texts[:64])
+            run = indexing(engine, prof, texts, None)
+        rows.append({"max_batch_size": size, "batch_window_ms": float(window), **run})
+        print(f"  batch {size:3d} window {window} ms: {run['texts_per_s']:.1f} texts/s", file=sys.stderr)
+    return rows
+
+
 def chart(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -224,6 +237,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--sweep", action="store_true", help="also sweep max_batch_size / batch_window_ms")
     args = parser.parse_args()
     model_dir, reranker_dir = args.model_dir.resolve(), args.reranker_dir.resolve()
     texts = mixed_chunks(args.texts)
@@ -273,6 +287,9 @@ def main() -> None:
     print("rerank…", file=sys.stderr)
     result["rerank"] = rerank(reranker_dir, args.threads)
     result["reranker"] = reranker_dir.name
+    if args.sweep:
+        print("batching settings sweep…", file=sys.stderr)
+        result["sweep"] = sweep(model_dir, texts, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"embed-{model_dir.name}"
     (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -113,7 +113,9 @@ class MicroBatcher:
         if klass is None:
             return None
         queue = self._queues[klass]
-        delay = self._window_delay(queue, now)
+        # Only bulk work waits for company: an interactive call (one query, or a rerank that brings all its
+        # pairs at once) gains nothing from waiting.
+        delay = self._window_delay(queue, now) if klass == BULK else 0.0
         if delay > 0:
             return delay
         batch = self._form_batch(queue)
