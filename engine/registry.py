@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -35,6 +36,34 @@ class ModelInfo:
     cores: tuple[int, ...] | None
     context_size: int
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_load(
+        cls,
+        name: str,
+        profile: RuntimeProfile,
+        files: ModelFiles,
+        loaded_path: Path,
+        placement: Placement,
+        context_size: int,
+        details: dict[str, Any],
+    ) -> ModelInfo:
+        """Describe a model a builder loaded from `loaded_path` (the model's file, or its quantized copy)."""
+        directory = profile.model_dir
+        return cls(
+            name=name,
+            model_type=profile.model_type,
+            onnx_file=str(loaded_path.relative_to(directory))
+            if loaded_path.is_relative_to(directory)
+            else loaded_path.name,
+            layout=files.layout,
+            size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
+            load_seconds=0.0,
+            threads=placement.threads,
+            cores=placement.cores,
+            context_size=context_size,
+            details=details,
+        )
 
     def describe(self) -> str:
         cores = "unpinned" if self.cores is None else "cores " + ",".join(map(str, self.cores))

@@ -85,18 +85,5 @@ def build_encoder(
         details.update(score_mode=profile.rerank.score_mode)
     name = f"{directory.name}[{profile.model_type}]"
     batcher = MicroBatcher(name, task, profile.batching, wake)
-    info = ModelInfo(
-        name=name,
-        model_type=profile.model_type,
-        onnx_file=str(loaded_path.relative_to(directory))
-        if loaded_path.is_relative_to(directory)
-        else loaded_path.name,
-        layout=files.layout,
-        size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
-        load_seconds=0.0,
-        threads=placement.threads,
-        cores=placement.cores,
-        context_size=context,
-        details=details,
-    )
+    info = ModelInfo.for_load(name, profile, files, loaded_path, placement, context, details)
     return batcher, info
