@@ -63,6 +63,12 @@ class Engine:
             raise BadRequestError(f"model type {profile.model_type} is not supported by this engine build")
         return self.registry.get(profile)
 
+    def acquire(self, profile: RuntimeProfile) -> LoadedModel:
+        """The loaded model with this call counted, so it is not unloaded mid-call; release with `model.end()`."""
+        if profile.model_type not in self.registry.builders:
+            raise BadRequestError(f"model type {profile.model_type} is not supported by this engine build")
+        return self.registry.acquire(profile)
+
     def load(self, profile: RuntimeProfile) -> ModelInfo:
         """Load (or find) the model and return what was loaded; used by credential validation."""
         return self.model(profile).info
@@ -70,9 +76,8 @@ class Engine:
     def embed(self, profile: RuntimeProfile, texts: Sequence[str], input_type: str = "document") -> EmbeddingOutcome:
         if input_type not in ("document", "query"):
             raise BadRequestError(f"input_type {input_type!r} is not valid; allowed: document, query")
-        model = self.model(profile)
+        model = self.acquire(profile)
         batcher: MicroBatcher = model.scheduler
-        model.begin()
         try:
             outcome = batcher.submit(list(texts), input_type, INTERACTIVE if input_type == "query" else BULK).result()
         finally:
@@ -89,9 +94,8 @@ class Engine:
     ) -> list[RerankHit]:
         """Scores sorted best first. top_n <= 0 or None: all; score_threshold None: none (Dify sends 0 for
         'unset' on the wire, and 0 as a threshold keeps everything a probability can score anyway)."""
-        model = self.model(profile)
+        model = self.acquire(profile)
         batcher: MicroBatcher = model.scheduler
-        model.begin()
         try:
             outcome = batcher.submit([(query, doc) for doc in docs], "pair", INTERACTIVE).result()
         finally:

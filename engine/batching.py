@@ -76,6 +76,7 @@ class MicroBatcher:
             collections.deque(),
         )
         self._queued_inputs = 0  # accepted inputs not yet in a batch (the queue_limit counts these)
+        self._closed: BaseException | None = None
         self._last_class = BULK
         self._last_stats_log = monotonic()
         self._batches_since_log = 0
@@ -88,6 +89,8 @@ class MicroBatcher:
             return completion
         limit = self.settings.queue_limit
         with self._lock:
+            if self._closed is not None:
+                raise self._closed
             queued = self._queued_inputs
             if limit and queued > 0 and queued + len(inputs) > limit:
                 self.metrics.rejected += 1
@@ -125,6 +128,7 @@ class MicroBatcher:
 
     def close(self, error: BaseException) -> None:
         with self._lock:
+            self._closed = error
             calls = list(self._inbox) + [c for q in self._queues for c in q]
             self._inbox.clear()
             for queue in self._queues:

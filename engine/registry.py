@@ -85,14 +85,16 @@ class LoadedModel:
     info: ModelInfo
     last_used: float = 0.0
     active_calls: int = 0
+    registry: ModelRegistry | None = None
 
     def begin(self) -> None:
-        self.active_calls += 1
-        self.last_used = monotonic()
+        """Count a call in progress, so the model is not unloaded under it (EngineClosedError if it already was)."""
+        if self.registry is not None:
+            self.registry.begin_call(self)
 
     def end(self) -> None:
-        self.active_calls -= 1
-        self.last_used = monotonic()
+        if self.registry is not None:
+            self.registry.end_call(self)
 
 
 # A builder runs on the model's worker thread (already pinned) and returns its scheduler and description.
@@ -167,7 +169,7 @@ class ModelRegistry:
         info.load_seconds = monotonic() - started
         # Process-wide, so approximate when models load concurrently; still the best cheap signal of a model's cost.
         info.details["rss_delta_mb"] = round((psutil.Process().memory_info().rss - rss_before) / 1e6, 1)
-        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic())
+        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic(), 0, self)
         log.info("loaded model %s: %s", info.name, info.describe())
         with self._lock:
             entry.model = model
@@ -175,6 +177,31 @@ class ModelRegistry:
         for waiter in waiters:
             waiter.set_result(model)
         return scheduler
+
+    def acquire(self, profile: RuntimeProfile) -> LoadedModel:
+        """The loaded model with a call counted in progress; pair with `model.end()`. Retries if the model was
+        unloaded between being found and being counted."""
+        for _ in range(3):
+            model = self.get(profile)
+            try:
+                self.begin_call(model)
+            except EngineClosedError:
+                continue
+            return model
+        raise EngineClosedError("the model was unloaded while the call started; retry")
+
+    def begin_call(self, model: LoadedModel) -> None:
+        with self._lock:
+            entry = self._entries.get(model.key)
+            if entry is None or entry.model is not model:
+                raise EngineClosedError(f"model {model.info.name} was unloaded")
+            model.active_calls += 1
+            model.last_used = monotonic()
+
+    def end_call(self, model: LoadedModel) -> None:
+        with self._lock:
+            model.active_calls -= 1
+            model.last_used = monotonic()
 
     def loaded(self) -> list[LoadedModel]:
         with self._lock:
@@ -186,17 +213,28 @@ class ModelRegistry:
             if entry is None or entry.model is not model:
                 return
             del self._entries[model.key]
+        self._stop(model, reason)
+
+    def _stop(self, model: LoadedModel, reason: str) -> None:
         log.info("unloading model %s (%s)", model.info.name, reason)
         model.worker.stop()
         model.worker.stopped.wait(30.0)
         self.allocator.release(model.placement)
 
     def unload_idle(self, now: float | None = None) -> None:
+        """Unload models unused for their idle time. The check and the removal happen under the lock that
+        counts calls, so a call cannot start on a model being unloaded."""
         now = monotonic() if now is None else now
-        for model in self.loaded():
-            idle_limit = model.profile.idle_unload_seconds
-            if idle_limit > 0 and model.active_calls == 0 and now - model.last_used >= idle_limit:
-                self.unload(model, f"idle for {now - model.last_used:.0f}s")
+        idle: list[LoadedModel] = []
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                model = entry.model
+                limit = model.profile.idle_unload_seconds if model else 0
+                if model and limit > 0 and model.active_calls == 0 and now - model.last_used >= limit:
+                    del self._entries[key]
+                    idle.append(model)
+        for model in idle:
+            self._stop(model, f"idle for {now - model.last_used:.0f}s")
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ import pytest
 from engine.api import Engine
 from engine.batching import BULK, INTERACTIVE
 from engine.encoders.runner import Tokens
-from engine.errors import InferenceError, ModelBusyError
+from engine.errors import EngineClosedError, InferenceError, ModelBusyError
 from engine.profile import parse_profile
 from tests.conftest import ROOTS, settings
 
@@ -151,3 +151,27 @@ def test_a_huge_call_does_not_starve_a_later_one(engine: Engine) -> None:
     small.result()
     assert not huge.done  # the small call finished while the huge one was still being served
     huge.result()
+
+
+def test_unloading_fails_queued_calls_instead_of_leaving_them_waiting(engine: Engine) -> None:
+    profile, batcher = embedder(engine, max_batch_size="1", batch_window_ms="0")
+    model = engine.model(profile)
+    queued = batcher.submit(texts(400, seed=8), "document", BULK)
+    engine.registry.unload(model, "test")
+    with pytest.raises(EngineClosedError):
+        queued.result()
+    with pytest.raises(EngineClosedError):
+        batcher.submit(["late"], "document", BULK)
+    assert engine.embed(profile, ["a new instance serves"]).vectors
+
+
+def test_idle_unload_skips_models_with_calls_in_progress(engine: Engine) -> None:
+    profile, _ = embedder(engine, idle_unload_minutes="0.001")
+    model = engine.acquire(profile)
+    try:
+        engine.registry.unload_idle(now=model.last_used + 60)
+        assert engine.registry.loaded() == [model]
+    finally:
+        model.end()
+    engine.registry.unload_idle(now=model.last_used + 60)
+    assert engine.registry.loaded() == []
