@@ -4,7 +4,8 @@ For each model layout (Optimum merged decoder, onnxruntime-genai GQA graph), 1 a
 ~40- and a ~500-token ChatML prompt: time to first token and decode tokens/s, medians of --repeats runs. Both
 systems load the same ONNX file with the same thread count and spinning; the bare loop is the no-overhead
 reference (whole prompt in one pass, argmax, the cache fed back as ORT values / shared IOBinding buffers).
-Both must produce the same token ids. Writes JSON and a PNG chart to bench/results/.
+Both must produce the same token ids. Then the aggregate throughput of 1, 2 and 4 simultaneous requests through
+the engine (batched decode on the genai layout). Writes JSON and a PNG chart to bench/results/.
 
     .venv/bin/python bench/llm.py [--models .models] [--new-tokens 128] [--repeats 3]
 """
@@ -17,6 +18,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -85,27 +87,28 @@ def bare_greedy(
     present = [name for pair in layout.present_names for name in pair]
     ids: list[int] = []
     step, done, first_at = list(prompt), 0, 0.0
+    binding = session.io_binding()
+    binding.bind_output("logits", "cpu")
+    if genai:  # shared past/present buffers: bound once for the whole generation
+        for past_name, present_name, value in zip(past, present, values):
+            binding.bind_ortvalue_input(past_name, value)
+            binding.bind_ortvalue_output(present_name, value)
     for _ in range(new_tokens):
         total = done + len(step)
-        binding = session.io_binding()
         binding.bind_cpu_input("input_ids", np.asarray([step], np.int64))
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
         if "position_ids" in inputs:
             binding.bind_cpu_input("position_ids", np.arange(done, total, dtype=np.int64)[None, :])
         binding.bind_output("logits", "cpu")
-        for name, value in zip(past, values):
-            binding.bind_ortvalue_input(name, value)
-        for name, value in zip(present, values):
-            if genai:
-                binding.bind_ortvalue_output(name, value)
-            else:
-                binding.bind_output(name, "cpu")
+        if not genai:  # Optimum: the previous step's present values become this step's past
+            for past_name, present_name, value in zip(past, present, values):
+                binding.bind_ortvalue_input(past_name, value)
+                binding.bind_output(present_name, "cpu")
         session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         if not genai:
             values = outputs[1:]
-        logits = outputs[0].numpy()
-        token = int(logits[0, -1].argmax())
+        token = int(outputs[0].numpy()[0, -1].argmax())
         ids.append(token)
         if not first_at:
             first_at = time.perf_counter()
@@ -148,14 +151,19 @@ def run_config(model_dir: Path, threads: int, targets: list[int], new_tokens: in
         engine_greedy(engine, profile, messages, 8)  # warm-up both
         bare_greedy(session, layout, genai, prompt, 8, set(scheduler.eos_ids))
         samples: dict[str, list[tuple[float, float, int]]] = {"engine": [], "bare": []}
-        for _ in range(repeats):
-            finished = engine_greedy(engine, profile, messages, new_tokens)
-            samples["engine"].append(
-                (finished.time_to_first_token, finished.decode_tokens_per_second, finished.completion_tokens)
-            )
-            ids, ttft, rate = bare_greedy(session, layout, genai, prompt, new_tokens, set(scheduler.eos_ids))
-            samples["bare"].append((ttft, rate, len(ids)))
-            if list(finished.output_ids) != ids:
+        for repeat in range(repeats):
+            # Alternate which system runs first: on a shared machine load drifts within a repeat.
+            for system in ("engine", "bare") if repeat % 2 == 0 else ("bare", "engine"):
+                if system == "engine":
+                    finished = engine_greedy(engine, profile, messages, new_tokens)
+                    engine_ids = list(finished.output_ids)
+                    samples["engine"].append(
+                        (finished.time_to_first_token, finished.decode_tokens_per_second, finished.completion_tokens)
+                    )
+                else:
+                    ids, ttft, rate = bare_greedy(session, layout, genai, prompt, new_tokens, set(scheduler.eos_ids))
+                    samples["bare"].append((ttft, rate, len(ids)))
+            if engine_ids != ids:
                 print(f"WARNING: engine and bare loop disagree on {model_dir.name}", file=sys.stderr)
         for system, runs in samples.items():
             rows.append(
@@ -177,6 +185,63 @@ def run_config(model_dir: Path, threads: int, targets: list[int], new_tokens: in
                 f"ttft {row['ttft_s'] * 1000:7.1f} ms  decode {row['decode_tokens_per_s']:7.1f} tok/s",
                 file=sys.stderr,
             )
+    engine.close()
+    return rows
+
+
+def concurrency(model_dir: Path, threads: int, streams: list[int], new_tokens: int) -> list[dict]:
+    """Aggregate decode throughput with N simultaneous requests (batched decode on the genai layout)."""
+    values = {
+        "model_path": str(model_dir),
+        "intra_op_threads": str(threads),
+        "cpu_affinity": "none",
+        "spin_wait": "on",
+        "max_generation_seconds": "0",
+        "max_concurrent_sequences": str(max(streams)),
+    }
+    profile = parse_profile(values, "llm", roots=(model_dir.parent.resolve(),))
+    engine = Engine()
+    scheduler = engine.model(profile).scheduler
+    questions = [
+        QUESTION,
+        "Explain how a hash map works, with an example in Python.",
+        "Write a long story about a lighthouse keeper.",
+        "Describe the rules of chess in detail.",
+    ]
+    engine_greedy(engine, profile, [ChatMessage("user", "hi")], 4)
+    rows = []
+    for count in streams:
+        finished: list[Finished] = []
+        batched_before = scheduler.batched_steps
+
+        def one(question: str, into: list[Finished] = finished) -> None:
+            into.append(engine_greedy(engine, profile, [ChatMessage("user", question)], new_tokens))
+
+        threads_list = [threading.Thread(target=one, args=(questions[i % len(questions)],)) for i in range(count)]
+        started = time.perf_counter()
+        for thread in threads_list:
+            thread.start()
+        for thread in threads_list:
+            thread.join()
+        wall = time.perf_counter() - started
+        tokens = sum(f.completion_tokens for f in finished)
+        rows.append(
+            {
+                "model": model_dir.name,
+                "threads": threads,
+                "streams": count,
+                "tokens": tokens,
+                "wall_s": wall,
+                "aggregate_tokens_per_s": tokens / wall,
+                "per_stream_decode_tokens_per_s": [f.decode_tokens_per_second for f in finished],
+                "batched_runs": scheduler.batched_steps - batched_before,
+            }
+        )
+        print(
+            f"{model_dir.name:40s} {threads}t {count} streams: {tokens / wall:6.1f} tok/s aggregate "
+            f"(prefill included), {rows[-1]['batched_runs']} batched runs",
+            file=sys.stderr,
+        )
     engine.close()
     return rows
 
@@ -226,6 +291,7 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--streams", default="1,2,4", help="concurrent requests for the aggregate test ('' = skip)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     root = REPO / "tests" / "fixtures" / "models" if args.tiny else args.models
@@ -238,6 +304,10 @@ def main() -> None:
     for model_dir in dirs:
         for threads in (int(t) for t in args.threads.split(",")):
             rows += run_config(model_dir, threads, targets, args.new_tokens, args.repeats)
+    streams = [int(n) for n in args.streams.split(",") if n]
+    concurrent: list[dict] = []
+    for model_dir in dirs if streams else []:
+        concurrent += concurrency(model_dir, max(int(t) for t in args.threads.split(",")), streams, args.new_tokens)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "llm-tiny" if args.tiny else "llm"
     result = {
@@ -250,6 +320,7 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "rows": rows,
+        "concurrent": concurrent,
     }
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     chart(rows, args.out / f"{stem}.png")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +52,19 @@ class Builder:
         say(f"[done]  {name} in {seconds:.1f}s")
         self.report.add(name, "built", dest, seconds)
         return dest
+
+    def requantize(self, name: str, variants: tuple[str, ...], decoder: bool) -> None:
+        """Regenerate the quantized files of a complete directory from its onnx/model.onnx (after a recipe change
+        in engine/quantize.py) without re-exporting or re-training."""
+        from models_lib.export import quantize_variants
+
+        dest = self.out / name
+        if not is_complete(dest) or not (dest / "onnx" / "model.onnx").is_file():
+            return
+        say(f"[requantize] {name}: {', '.join(variants)}")
+        started = time.monotonic()
+        quantize_variants(dest / "onnx", variants, 32, 4, decoder=decoder)
+        self.report.add(name, "requant", dest, time.monotonic() - started)
 
     def qwen(self) -> None:
         from models_lib import decoder, fetch, readmes
@@ -112,6 +124,11 @@ def main() -> int:
     )
     parser.add_argument("--reranker-steps", type=int, default=150)
     parser.add_argument("--force", action="store_true", help="rebuild complete directories too")
+    parser.add_argument(
+        "--requantize",
+        action="store_true",
+        help="only regenerate the int8/int4 files of complete directories from their fp32 model",
+    )
     args = parser.parse_args()
     groups = [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = sorted(set(groups) - set(GROUPS))
@@ -120,13 +137,21 @@ def main() -> int:
     if "qwen" in groups and not Path(args.tf5_python).exists():
         parser.error(f"{args.tf5_python} not found: run `make -f tools/models.mk tools-tf5-env` first")
     use_offline_env()
-    # Exporter chatter (TracerWarning, deprecations) is not actionable here; the summary lines are what matter.
-    for category in (UserWarning, FutureWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category)
     args.out.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
     builder = Builder(args.out.resolve(), args.tf5_python, args.force, report)
     started = time.monotonic()
+    if args.requantize:
+        plan = {
+            "minilm": [(MINILM, ("int8",), False)],
+            "reranker": [(RERANKER, ("int8",), False)],
+            "qwen": [(f"{QWEN}-optimum", ("int8", "int4"), True)],
+        }
+        for group in groups:
+            for name, variants, decoder in plan[group]:
+                builder.requantize(name, variants, decoder)
+        report.print()
+        return 0
     if "minilm" in groups:
         builder.minilm()
     if "reranker" in groups:

@@ -45,5 +45,5 @@ test-real:
 	@if [ ! -d $(MODELS_DIR) ]; then \
 		echo "test-real: SKIPPED — $(MODELS_DIR)/ does not exist; run 'make models' first (offline, ~10 min)"; \
 	else \
-		ONNX_LOCAL_REAL_MODELS=$(MODELS_DIR) $(PLUGIN_PY) -m pytest tests/real -v -rs $(TEST_REAL_ARGS); \
+		ONNX_LOCAL_REAL_MODELS=$(MODELS_DIR) $(PLUGIN_PY) -m pytest tests/real -v -s -rs $(TEST_REAL_ARGS); \
 	fi

@@ -23,6 +23,9 @@ from engine.text.tokenizer import load_tokenizer, read_optional_json
 
 # Context when neither the profile nor the model's config gives one.
 DEFAULT_CONTEXT = 2048
+# Positions per slot of the genai layout's shared KV pool (batched decode). Longer sequences (prompt + max_tokens)
+# get buffers of their own and decode alone. Qwen2.5-0.5B: 24.6 KB per position, 50 MB per slot.
+BATCH_SLOT_CAPACITY = 2048
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,13 @@ def read_traits(profile: RuntimeProfile) -> ModelTraits:
     )
 
 
-def _runner(session: object, layout: KvLayout, files: ModelFiles) -> DecoderRunner:
-    return GenaiRunner(session, layout) if files.layout == "genai" else OptimumRunner(session, layout)  # type: ignore[arg-type]
+def _runner(
+    session: object, layout: KvLayout, files: ModelFiles, settings: GenerationSettings, context: int
+) -> DecoderRunner:
+    if files.layout == "genai":
+        slots = settings.max_concurrent_sequences
+        return GenaiRunner(session, layout, slots, min(context, BATCH_SLOT_CAPACITY))  # type: ignore[arg-type]
+    return OptimumRunner(session, layout)  # type: ignore[arg-type]
 
 
 def build_generator(
@@ -119,7 +127,7 @@ def build_generator(
     context = resolve_context(profile, directory)
     session, loaded_path = session_for(profile, files, placement)
     layout = read_kv_layout(session, directory, files.layout)
-    runner = _runner(session, layout, files)
+    runner = _runner(session, layout, files, settings, context)
     eos_text = dict(template.special_tokens).get("eos_token") if template else None
     eos_ids = eos_token_ids(directory, tokenizer.token_to_id(eos_text) if eos_text else None)
     if not eos_ids:
@@ -127,7 +135,9 @@ def build_generator(
             "model_path", "no end-of-sequence token id in generation_config.json, config.json or tokenizer_config.json"
         )
     # A real forward pass now, so credential validation proves the graph runs with this cache layout.
-    runner.forward(runner.new_cache(8), tokenizer.encode("Hello", add_special_tokens=False).ids[:4] or [0])
+    probe = runner.new_cache(8)
+    runner.forward(probe, tokenizer.encode("Hello", add_special_tokens=False).ids[:4] or [0])
+    runner.release(probe)
     prompts = PromptBuilder(tokenizer, template, settings.mode, context, settings.prompt_overflow)
     name = f"{directory.name}[llm]"
     defaults = defaults_from_generation_config(read_optional_json(directory / "generation_config.json"))

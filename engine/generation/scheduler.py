@@ -1,9 +1,11 @@
 """The generation scheduler: runs on the model's worker thread and interleaves all active sequences.
 
-Each `step()` advances one sequence by one unit of work — a prompt chunk (prefill) or one new token — taking
-the active sequences in turn, so several requests all progress and a long prompt does not freeze the
-others' streams. Requests beyond `max_concurrent_sequences` wait in arrival order. Each request streams its
-events through the channel its caller created.
+Each `step()` does one unit of work, taking the units in turn: a prompt chunk (prefill) of one sequence, one
+new token of a sequence that decodes alone, or — when the runner supports it (genai layout) — one batched run
+that gives every decoding sequence its next token. Several requests all progress, a long prompt does not freeze
+the others' streams, and concurrent decodes share one pass over the weights. Requests beyond
+`max_concurrent_sequences` wait in arrival order. Each request streams its events through the channel its
+caller created.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from engine.channel import Channel
@@ -92,6 +95,7 @@ class GenerationScheduler:
         self._active: list[_Sequence] = []
         self._turn = 0
         self._request_count = 0
+        self.batched_steps = 0  # decode runs that advanced several sequences at once
 
     # caller side (any thread or greenlet)
     def submit(
@@ -114,18 +118,37 @@ class GenerationScheduler:
     # worker side
     def step(self) -> float | None:
         self._admit()
-        self._active = [s for s in self._active if not s.request.cancelled]
+        for sequence in [s for s in self._active if s.request.cancelled]:
+            self._remove(sequence)
         if not self._active:
             return None
-        self._turn %= len(self._active)
-        sequence = self._active[self._turn]
+        # Units of work taken in turn: each prefilling (or unbatchable) sequence alone, and one batched decode
+        # step for every sequence that can share a run.
+        batch = [s for s in self._active if s.prefilled >= len(s.prompt) and self.runner.batchable(s.cache)]
+        units: list[_Sequence | list[_Sequence]] = [s for s in self._active if s not in batch]
+        if len(batch) > 1:
+            units.append(batch)
+        else:
+            units.extend(batch)
+        unit = units[self._turn % len(units)]
         self._turn += 1
+        members = unit if isinstance(unit, list) else [unit]
         try:
-            self._advance(sequence)
-        except Exception as error:  # ORT failure: only this sequence fails
+            if isinstance(unit, list):
+                logits = self.runner.decode_batch([s.cache for s in unit], [s.last_token for s in unit])
+                self.batched_steps += 1
+                for sequence, row in zip(unit, logits):
+                    self._consume(sequence, row)
+            else:
+                self._advance(unit)
+        except Exception as error:  # ORT failure: only the sequences of this run fail
             log.exception("generation step failed on %s", self.name)
-            self._remove(sequence)
-            sequence.request.channel.close(InferenceError(f"generation failed: {type(error).__name__}: {error}"))
+            for sequence in members:
+                if sequence in self._active:
+                    self._remove(sequence)
+                    sequence.request.channel.close(
+                        InferenceError(f"generation failed: {type(error).__name__}: {error}")
+                    )
         return 0.0
 
     def close(self, error: BaseException) -> None:
@@ -134,9 +157,9 @@ class GenerationScheduler:
             self._inbox.clear()
         for request in waiting:
             request.channel.close(error)
-        for sequence in self._active:
+        for sequence in list(self._active):
+            self._remove(sequence)
             sequence.request.channel.close(error)
-        self._active = []
 
     def _admit(self) -> None:
         while self._inbox and len(self._active) < self.settings.max_concurrent_sequences:
@@ -184,6 +207,10 @@ class GenerationScheduler:
                 return
         else:
             logits = self.runner.forward(sequence.cache, [sequence.last_token])
+        self._consume(sequence, logits)
+
+    def _consume(self, sequence: _Sequence, logits: np.ndarray) -> None:
+        """Sample the next token from `logits`, stream it and decide whether the sequence is done."""
         token = sequence.sampler.choose(logits)
         now = monotonic()
         if sequence.first_token_at is None:
@@ -255,8 +282,6 @@ class GenerationScheduler:
 
     def _remove(self, sequence: _Sequence) -> None:
         if sequence in self._active:
-            index = self._active.index(sequence)
-            self._active.pop(index)
-            if index < self._turn:
-                self._turn -= 1
-        sequence.cache = KvCache(0)  # release the KV memory now, not when the request object dies
+            self._active.remove(sequence)
+        self.runner.release(sequence.cache)  # free the KV memory (or pool slot) now, not when the request dies
+        sequence.cache = KvCache(0)

@@ -233,3 +233,23 @@ def test_completion_mode_and_traits(engine: Engine) -> None:
     traits = model_traits(profile())
     assert traits.context_size == 512 and traits.accepts_tools and traits.defaults.greedy
     assert traits.default_max_tokens == 256
+
+
+def test_closing_the_stream_early_cancels_the_sequence(engine: Engine) -> None:
+    import time
+
+    prof = profile(max_concurrent_sequences="1")
+    scheduler = engine.model(prof).scheduler
+    stream = generate(engine, prof, messages_of(CASES["user_only"]), GenerationParams(max_tokens=480))
+    first = next(stream)
+    assert isinstance(first, TextDelta)
+    request = scheduler._active[0].request  # still generating: 480 tokens take far longer than one
+    stream.close()  # the caller went away (Dify has no cancel message; this is a closed generator)
+    assert request.cancelled
+    deadline = time.monotonic() + 5
+    while scheduler.active_sequences and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.active_sequences == 0
+    # The single slot is free again: the next request runs to completion.
+    _, finished = run(engine, prof, messages_of(CASES["stops_at_eos"]))
+    assert list(finished.output_ids) == CASES["stops_at_eos"]["output_ids"]

@@ -128,3 +128,71 @@ def test_chat_mode_without_a_template_is_a_load_error_naming_mode(tmp_path: Path
         build(target, root=tmp_path.resolve())
     scheduler = build(target, root=tmp_path.resolve(), mode="completion")
     assert scheduler.prompts.mode == "completion"
+
+
+def reference_messages(case: dict) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"]) for m in case["messages"]]
+
+
+def test_genai_batched_decode_reproduces_each_sequence_exactly() -> None:
+    """Sequences decode together in one run per token (shared KV slots), while another one is still being
+    prefilled in chunks and while finished sequences leave holes that new ones fill: every output must still
+    equal the single-sequence reference."""
+    directory = ROOT / "tiny-qwen2-decoder-genai"
+    if not directory.is_dir():
+        pytest.skip("genai fixture missing")
+    expected = json.loads((ROOT / "tiny-qwen2-decoder" / "expected_greedy.json").read_text(encoding="utf-8"))
+    cases = {case["name"]: case for case in expected["cases"] if not case.get("tools")}
+    scheduler = build(directory, max_concurrent_sequences="3")
+    order = ["stops_at_eos", "user_only", "system_user", "unicode_emoji", "user_only", "stops_at_eos"]
+    channels = []
+    for name in order:
+        channel: Channel[GenerationEvent] = Channel()
+        params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=32)
+        scheduler.submit(reference_messages(cases[name]), [], params, channel)
+        channels.append(channel)
+    run_until_idle(scheduler)
+    assert scheduler.batched_steps > 0
+    for name, channel in zip(order, channels):
+        finished = list(channel)[-1]
+        assert isinstance(finished, Finished)
+        assert list(finished.output_ids) == cases[name]["output_ids"], name
+
+
+def test_genai_batched_decode_alongside_a_chunked_prefill(monkeypatch) -> None:
+    from engine.generation import scheduler as scheduler_module
+
+    directory = ROOT / "tiny-qwen2-decoder-genai"
+    if not directory.is_dir():
+        pytest.skip("genai fixture missing")
+    monkeypatch.setattr(scheduler_module, "PREFILL_CHUNK", 16)  # many chunks: decodes run between them
+    expected = json.loads((ROOT / "tiny-qwen2-decoder" / "expected_greedy.json").read_text(encoding="utf-8"))
+    cases = {case["name"]: case for case in expected["cases"] if not case.get("tools")}
+    scheduler = build(directory, max_concurrent_sequences="4")
+    order = ["user_only", "system_user", "unicode_emoji", "stops_at_eos"]
+    channels = []
+    for name in order:
+        channel: Channel[GenerationEvent] = Channel()
+        scheduler.submit(
+            reference_messages(cases[name]),
+            [],
+            GenerationParams(SamplingParams(temperature=0.0), max_tokens=32),
+            channel,
+        )
+        channels.append(channel)
+    run_until_idle(scheduler)
+    assert scheduler.batched_steps > 0
+    for name, channel in zip(order, channels):
+        assert list(list(channel)[-1].output_ids) == cases[name]["output_ids"], name
+
+
+def test_every_concurrent_sequence_gets_a_batch_slot() -> None:
+    directory = ROOT / "tiny-qwen2-decoder-genai"
+    if not directory.is_dir():
+        pytest.skip("genai fixture missing")
+    runner = build(directory, max_concurrent_sequences="3").runner
+    caches = [runner.new_cache(64) for _ in range(3)]
+    assert sorted(cache.slot for cache in caches) == [0, 1, 2]  # the load-time probe gave its slot back
+    runner.release(caches[1])
+    assert runner.new_cache(64).slot == 1
+    assert runner.new_cache(4096).slot is None  # longer than a slot (context 512 caps it): own buffers

@@ -326,3 +326,42 @@ def test_fixture_decoder_quantizes_and_runs(method: str, tmp_path: Path, monkeyp
             feeds[name] = np.zeros((1, kv_heads, 0, head_dim), np.float32)
     logits = session.run(["logits"], {k: v for k, v in feeds.items() if k in inputs})[0]
     assert logits.shape[:2] == (1, 3) and np.isfinite(logits).all()
+
+
+def ffn_graph(path: Path, decoder: bool) -> Path:
+    """Embedding → up-projection [64, 128] → Relu → down-projection [128, 64]."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (VOCAB, HIDDEN)).astype(np.float32), "embed"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (HIDDEN, 2 * HIDDEN)).astype(np.float32), "up"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (2 * HIDDEN, HIDDEN)).astype(np.float32), "down"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["embed", "input_ids"], ["h0"]),
+        helper.make_node("MatMul", ["h0", "up"], ["h1"], name="up_proj"),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "down"], ["out"], name="down_proj"),
+    ]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "seq", HIDDEN])]
+    if decoder:
+        shape = ["batch", 2, "past", 16]
+        nodes.append(helper.make_node("Identity", ["past_key_values.0.key"], ["present.0.key"]))
+        inputs.append(helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, shape))
+        outputs.append(helper.make_tensor_value_info("present.0.key", TensorProto.FLOAT, shape))
+    model = helper.make_model(
+        helper.make_graph(nodes, "ffn", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_int8_keeps_encoder_down_projection_fp32(tmp_path: Path, cache: Path, decoder: bool) -> None:
+    directory = tmp_path / "models" / f"ffn-{decoder}"
+    ffn_graph(directory / "model.onnx", decoder)
+    path = prepare_onnx_file(find_model_files(directory), quant("int8"))
+    plain = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"}
+    assert plain == (set() if decoder else {"down_proj"})

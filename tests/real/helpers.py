@@ -47,6 +47,7 @@ def session(path: Path, threads: int = 2) -> ort.InferenceSession:
 
 def mean_pooled(sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
     """sentence-transformers all-MiniLM-L6-v2: mean over real tokens, then L2 normalisation."""
+    tokenizer.no_padding()  # the shipped tokenizer.json pads to 128: pad tokens would enter the mean
     tokenizer.enable_truncation(256)
     names = {i.name for i in sess.get_inputs()}
     rows = []
@@ -81,7 +82,12 @@ def eos_ids(directory: Path) -> set[int]:
 
 
 def greedy(
-    sess: ort.InferenceSession, prompt: list[int], max_new: int, eos: set[int], max_length: int = 0
+    sess: ort.InferenceSession,
+    prompt: list[int],
+    max_new: int,
+    eos: set[int],
+    max_length: int = 0,
+    head_dim_hint: int = 0,
 ) -> list[int]:
     """Greedy decoding with the KV cache. Optimum graphs: zero-length past, present fed back. genai graphs
     (GroupQueryAttention, shared buffer): past preallocated to `max_length`, the mask says what is valid."""
@@ -89,6 +95,8 @@ def greedy(
     out_names = [o.name for o in sess.get_outputs()]
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
     _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
+    if not isinstance(head_dim, int):  # genai graphs name it (kv_cache_dim): read it from the config instead
+        head_dim = int(head_dim_hint)
     dtype = np.float16 if inputs["past_key_values.0.key"].type == "tensor(float16)" else np.float32
     past = {n: np.zeros((1, kv_heads, max_length, head_dim), dtype) for n in past_names}
     step = np.array([prompt], np.int64)
@@ -106,3 +114,21 @@ def greedy(
         past = {n: result[n.replace("past_key_values.", "present.")] for n in past_names}
         done, step = total, np.array([[token]], np.int64)
     return new
+
+
+def teacher_forced_agreement(sess: ort.InferenceSession, prompt: list[int], reference: list[int]) -> float:
+    """Share of positions where the model's top-1 next token equals the reference continuation when it is fed the
+    reference (one forward over prompt + reference): fidelity without greedy divergence cascades."""
+    if not reference:
+        return 1.0
+    inputs = {i.name: i for i in sess.get_inputs()}
+    _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
+    ids = np.array([prompt + reference[:-1]], np.int64)
+    feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if "position_ids" in inputs:
+        feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None, :]
+    for name in inputs:
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, kv_heads, 0, head_dim), np.float32)
+    logits = sess.run(["logits"], feeds)[0][0, len(prompt) - 1 :]
+    return float((logits.argmax(-1) == np.array(reference)).mean())

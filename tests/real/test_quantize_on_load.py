@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.real.helpers import eos_ids, greedy
 from tests.real.test_qwen_fidelity import OPTIMUM, decode, encode
 
 SETTINGS = QuantizationSettings("int4", block_size=32, accuracy_level=4)
+META = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 SECOND_LOAD = """
 import json, sys, time
@@ -42,22 +45,16 @@ sys.stderr.write(json.dumps({"prepare": prepared - imported, "session": done - p
 
 
 @pytest.fixture(scope="module")
-def fp32_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with only the fp32 export (hard links, no copy) and the metadata files."""
+def fp32_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory with only the fp32 export and the metadata files. A copy, not hard links: onnx refuses to
+    read external data that has several hard links (its hardlink-attack check)."""
     source = model_dir(OPTIMUM)
     target = tmp_path_factory.mktemp("qwen-fp32-only")
     (target / "onnx").mkdir()
-    for name in ("model.onnx", "model.onnx_data"):
-        os.link(source / "onnx" / name, target / "onnx" / name)
-    for name in (
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "chat_template.jinja",
-    ):
-        os.link(source / name, target / name)
-    return target
+    for name in ("onnx/model.onnx", "onnx/model.onnx_data", *META):
+        shutil.copyfile(source / name, target / name)
+    yield target
+    shutil.rmtree(target)  # 2.5 GB
 
 
 def options() -> object:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,7 +109,11 @@ def offline_env() -> dict[str, str]:
 
 
 def use_offline_env() -> None:
+    """Offline flags for this process and its children, and no exporter chatter (TracerWarning, deprecations):
+    the step summary lines are what the user reads."""
     os.environ.update(offline_env())
+    for category in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 @dataclass

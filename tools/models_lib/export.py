@@ -43,7 +43,10 @@ def quantize_variants(
             f"{'MatMul+Gather' if decoder else 'MatMul'})"
         )
         with step(label):
-            quantize_file(fp32, onnx_dir / VARIANT_FILES[method], method, block_size, accuracy_level, decoder=decoder)
+            target = onnx_dir / VARIANT_FILES[method]
+            partial = target.with_name(f".tmp-{target.name}")  # --requantize rewrites files in complete dirs
+            quantize_file(fp32, partial, method, block_size, accuracy_level, decoder=decoder)
+            partial.replace(target)
 
 
 def remove_fp32(onnx_dir: Path) -> None:

@@ -61,8 +61,8 @@ RERANKER = """# minilm-reranker-standin — NOT A REAL RERANKER
 
 A stand-in for tests and benchmarks of the rerank path only. No real cross-encoder weights are available offline
 (none on PyPI, npm or Debian), so this is the all-MiniLM-L6-v2 body with a new 1-logit head
-(`BertForSequenceClassification`, the graph of cross-encoder/ms-marco-MiniLM-L-6-v2), fine-tuned for a few
-hundred steps on a toy task: queries made of 2–5 content words of a Python-stdlib docstring, positives = that
+(`BertForSequenceClassification`, the graph of cross-encoder/ms-marco-MiniLM-L-6-v2), fine-tuned briefly
+(150 steps by default) on a toy task: queries made of 2–5 content words of a Python-stdlib docstring, positives = that
 docstring, negatives = random other docstrings. It ranks obviously relevant text above unrelated text; it is not
 ms-marco quality and must not be offered as a production reranker.
 
