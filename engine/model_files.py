@@ -49,6 +49,20 @@ class ModelFiles:
         return (str(self.onnx_path), stat.st_size, stat.st_mtime_ns)
 
 
+def directory_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of the files that decide what loads: cheap (stat only), so the
+    registry can key models on it per request and leave reading graphs to the model's worker thread."""
+    entries = []
+    for folder in (directory, directory / "onnx"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.suffix == ".onnx" or path.name == "genai_config.json":
+                stat = path.stat()
+                entries.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
 def variant_rank(name: str) -> int:
     stem = name.lower().removesuffix(".onnx")
     for pattern, rank in _RANKS:

@@ -13,7 +13,7 @@ import psutil
 
 from engine.channel import Completion
 from engine.errors import EngineClosedError
-from engine.model_files import ModelFiles, find_model_files
+from engine.model_files import ModelFiles, directory_fingerprint, find_model_files
 from engine.native import NativeEvent, allocate_lock, monotonic, start_thread
 from engine.placement import CoreAllocator, CpuTopology, Placement
 from engine.profile import RuntimeProfile
@@ -124,8 +124,7 @@ class ModelRegistry:
 
     def get(self, profile: RuntimeProfile) -> LoadedModel:
         """The loaded model for this profile, loading it on first use (waits, greenlet-friendly)."""
-        files = find_model_files(profile.model_dir, profile.model_file)
-        key = (profile, files.fingerprint)
+        key = (profile, directory_fingerprint(profile.model_dir))
         waiter: Completion[LoadedModel] = Completion()
         with self._lock:
             if self._closed:
@@ -135,27 +134,26 @@ class ModelRegistry:
                 entry.model.last_used = monotonic()
                 return entry.model
             if entry is None:
-                entry = self._start_load(key, profile, files)
+                entry = self._start_load(key, profile)
             entry.waiters.append(waiter)
         return waiter.result()
 
-    def _start_load(self, key: tuple[Any, ...], profile: RuntimeProfile, files: ModelFiles) -> _Entry:
+    def _start_load(self, key: tuple[Any, ...], profile: RuntimeProfile) -> _Entry:
         name = f"{profile.model_dir.name}[{profile.model_type}]"
         placement = self.allocator.place(profile.placement, profile.session, name)
         worker = Worker(name, placement, profile.blas_threads)
         entry = _Entry(placement, worker)
         self._entries[key] = entry
         builder = self.builders[profile.model_type]
-        worker.start(lambda: self._build(builder, entry, key, profile, files))
+        worker.start(lambda: self._build(builder, entry, key, profile))
         return entry
 
-    def _build(
-        self, builder: Builder, entry: _Entry, key: tuple[Any, ...], profile: RuntimeProfile, files: ModelFiles
-    ) -> Scheduler:
+    def _build(self, builder: Builder, entry: _Entry, key: tuple[Any, ...], profile: RuntimeProfile) -> Scheduler:
         started = monotonic()
         rss_before = psutil.Process().memory_info().rss
         try:
             entry.worker.prepare_thread()
+            files = find_model_files(profile.model_dir, profile.model_file)  # reads graphs: on the worker
             scheduler, info = builder(profile, files, entry.placement, entry.worker.wake)
         except BaseException as error:
             with self._lock:

@@ -72,7 +72,7 @@ def download(wheels: Path, requirements: list[str]) -> None:
             "-m",
             "pip",
             "download",
-            "--quiet",
+            "-qq",  # errors only: the index-location warnings of some pip configs are noise here
             "--no-deps",
             "--require-hashes",
             "-r",
