@@ -22,8 +22,15 @@ class ProtocolError(AssertionError):
 
 
 class PluginProcess:
-    def __init__(self, python: str | Path, plugin_dir: str | Path = REPO, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        python: str | Path,
+        plugin_dir: str | Path = REPO,
+        env: dict[str, str] | None = None,
+        cpus: set[int] | None = None,
+    ) -> None:
         self.python = str(python)
+        self.cpus = cpus  # run the plugin restricted to these CPUs, like a container's cpuset
         self.plugin_dir = Path(plugin_dir)
         self.env = {**os.environ, "INSTALL_METHOD": "local", "HEARTBEAT_INTERVAL": "0.5", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,6 +51,7 @@ class PluginProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.plugin.daemon import PluginProcess, error_of, model_request, streams
+from tests.conftest import FIXTURES
+from tests.plugin.daemon import REPO, PluginProcess, error_of, model_request, streams
 
 EMBEDDER = {"model_path": "tiny-bert-embedder", "intra_op_threads": "1", "cpu_affinity": "none"}
 RERANKER = {"model_path": "tiny-cross-encoder", "intra_op_threads": "1", "cpu_affinity": "none"}
@@ -199,3 +202,19 @@ def test_statistics_on_demand_go_to_the_plugin_log(plugin: PluginProcess) -> Non
             break
         time.sleep(0.1)
     assert any("tiny-bert-embedder[text-embedding]" in line and "queue_wait" in line for line in lines), lines
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to restrict the plugin to one")
+def test_core_outside_the_process_allowed_set_is_refused() -> None:
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    restricted = PluginProcess(sys.executable, REPO, env={"ONNX_LOCAL_MODEL_ROOTS": str(FIXTURES)}, cpus={first})
+    restricted.start()
+    try:
+        bad = {**EMBEDDER, "cpu_affinity": str(second)}
+        error = error_of(restricted.request(model_request("validate_model_credentials", "text-embedding", "e", bad)))
+        assert error["error_type"] == "CredentialsValidateFailedError"
+        assert error["message"].startswith("cpu_affinity:") and f"not allowed: {second}" in error["message"]
+        good = {**EMBEDDER, "cpu_affinity": str(first)}
+        assert streams(restricted.request(model_request("validate_model_credentials", "text-embedding", "e", good)))
+    finally:
+        restricted.close()
