@@ -111,24 +111,15 @@ class Engine:
     def count_tokens(self, profile: RuntimeProfile, texts: Sequence[str]) -> list[int]:
         """Tokens per text with the model's own tokenizer, before truncation to the context."""
         model = self.model(profile)
-        task = model.scheduler.task
-        tokenizer = task.tokenizer
-
-        def count() -> list[int]:
-            tokenizer.no_truncation()
-            try:
-                return [len(e.ids) for e in tokenizer.encode_batch(list(texts))]
-            finally:
-                task.restore_truncation()
-
-        return model.worker.call(count).result()
+        counter = model.scheduler.task.counter
+        return model.worker.call(lambda: [len(e.ids) for e in counter.encode_batch(list(texts))]).result()
 
     def stats(self) -> dict[str, dict[str, object]]:
         snapshots: dict[str, dict[str, object]] = {}
         for model in self.registry.loaded():
-            metrics = getattr(model.scheduler, "metrics", None)
-            if metrics is not None:
-                snapshots[model.info.name] = model.worker.call(metrics.snapshot).result()
+            snapshot = getattr(model.scheduler, "snapshot", None)
+            if snapshot is not None:
+                snapshots[model.info.name] = snapshot()
         return snapshots
 
     def log_stats(self) -> None:

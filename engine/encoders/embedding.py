@@ -76,13 +76,14 @@ class EmbeddingTask:
         self.context_size = context_size
         self.settings = settings
         self.pooling = pooling
-        self.restore_truncation()
+        # Counting (get_num_tokens) reports untruncated lengths; a separate copy keeps the shared tokenizer's
+        # settings fixed, since both lanes tokenize with it concurrently.
+        self.counter = Tokenizer.from_str(tokenizer.to_str())
+        self.counter.no_truncation()
+        self.tokenizer.enable_truncation(max_length=self.context_size)
 
     def prefix(self, input_type: str) -> str:
         return self.settings.query_prefix if input_type == "query" else self.settings.document_prefix
-
-    def restore_truncation(self) -> None:
-        self.tokenizer.enable_truncation(max_length=self.context_size)
 
     def tokenize(self, texts: Sequence[str], input_type: str) -> list[Tokens]:
         prefix = self.prefix(input_type)

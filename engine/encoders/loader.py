@@ -14,7 +14,7 @@ from engine.encoders.runner import EncoderRunner
 from engine.errors import ModelLoadError, SettingError
 from engine.loading import build_session_options, create_session
 from engine.model_files import ModelFiles
-from engine.placement import Placement
+from engine.placement import Placement, pin_current_thread
 from engine.profile import RuntimeProfile
 from engine.registry import ModelInfo
 from engine.text.tokenizer import load_tokenizer, model_max_length, read_optional_json
@@ -85,5 +85,6 @@ def build_encoder(
         details.update(score_mode=profile.rerank.score_mode)
     name = f"{directory.name}[{profile.model_type}]"
     batcher = MicroBatcher(name, task, profile.batching, wake)
+    batcher.start_interactive_lane(lambda: pin_current_thread(placement.cores))
     info = ModelInfo.for_load(name, profile, files, loaded_path, placement, context, details)
     return batcher, info

@@ -33,9 +33,10 @@ class RerankTask:
         self.tokenizer = tokenizer
         self.context_size = context_size
         self.settings = settings
-        self.restore_truncation()
-
-    def restore_truncation(self) -> None:
+        # Counting (get_num_tokens) reports untruncated lengths; a separate copy keeps the shared tokenizer's
+        # settings fixed, since both lanes tokenize with it concurrently.
+        self.counter = Tokenizer.from_str(tokenizer.to_str())
+        self.counter.no_truncation()
         self.tokenizer.enable_truncation(max_length=self.context_size, strategy="only_second")
 
     def tokenize(self, pairs: Sequence[tuple[str, str]], input_type: str = "pair") -> list[Tokens]:

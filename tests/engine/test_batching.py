@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.api import Engine
-from engine.batching import BULK, INTERACTIVE
+from engine.batching import BULK, INTERACTIVE, select_batch
 from engine.encoders.runner import Tokens
 from engine.errors import EngineClosedError, InferenceError, ModelBusyError
 from engine.profile import parse_profile
@@ -175,3 +175,18 @@ def test_idle_unload_skips_models_with_calls_in_progress(engine: Engine) -> None
         model.end()
     engine.registry.unload_idle(now=model.last_used + 60)
     assert engine.registry.loaded() == []
+
+
+class TestSelectBatch:
+    def test_window_contains_the_anchor_and_respects_the_budget(self) -> None:
+        lengths = [3, 4, 5, 30, 31, 200, 210, 256, 256, 256]
+        for anchor in range(len(lengths)):
+            start, end = select_batch(lengths, anchor, max_size=4, budget=512)
+            assert start <= anchor < end and end - start <= 4
+            assert end - start == 1 or (end - start) * lengths[end - 1] <= 512
+
+    def test_short_texts_fill_the_batch_long_ones_stay_tight(self) -> None:
+        assert select_batch([5, 5, 6, 6, 7, 7, 8, 8], 0, max_size=8, budget=4096) == (0, 8)
+        # a 256-token text is not padded out with short neighbours' worth of waste
+        start, end = select_batch([20, 22, 24, 256], 3, max_size=4, budget=4096)
+        assert (start, end) == (3, 4)

@@ -65,7 +65,8 @@ def test_explicit_cores(threads: str, affinity: str, expected: str) -> None:
     try:
         created, worker_tids = model_threads(engine, profile_for(threads, affinity))
         assert set(worker_tids) <= created
-        assert len(created) == int(threads)  # the worker + (threads - 1) ONNX Runtime pool threads
+        # the worker, the interactive lane and (threads - 1) ONNX Runtime pool threads
+        assert len(created) == int(threads) + 1
         for tid in created:
             assert allowed_list(tid) == expected, f"thread {tid}"
         assert all(cpu_ticks(tid) >= 0 for tid in created)
