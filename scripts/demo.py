@@ -57,7 +57,16 @@ def chat(plugin: PluginProcess, question: str) -> None:
             "qwen",
             credentials,
             prompt_messages=[{"role": "user", "content": question}],
-            model_parameters={"temperature": 0.0, "max_tokens": 200},
+            # sampling as a Dify user would set it, with a fixed seed so the demo is reproducible: pure greedy
+            # decoding sends a 0.5B model into repetition loops on open-ended prompts
+            model_parameters={
+                "temperature": 0.7,
+                "top_p": 0.8,
+                "top_k": 20,
+                "repetition_penalty": 1.05,
+                "seed": 7,
+                "max_tokens": 256,
+            },
             stop=[],
             tools=[],
             stream=True,

@@ -1,7 +1,7 @@
 """Generation through the engine on the real Qwen2.5-Coder-0.5B-Instruct int4 models built by `make models`.
 
 Slow (model loads of seconds): runs only when ONNX_LOCAL_REAL_MODELS points at the built models directory,
-e.g. `ONNX_LOCAL_REAL_MODELS=.models .venv/bin/python -m pytest tests/engine/test_generation_real.py`.
+e.g. `ONNX_LOCAL_REAL_MODELS=.models .venv/bin/python -m pytest tests/real/test_generation_real.py`.
 """
 
 from __future__ import annotations
