@@ -15,6 +15,8 @@ help:
 	@echo "make models       build the real models into .models/ (offline, minutes)"
 	@echo "make test-real    fidelity checks against .models/"
 	@echo "make bench-embed  embedding/rerank batching benchmark (JSON + PNG in bench/results/)"
+	@echo "make bench-llm    LLM decode/TTFT benchmark: engine, plugin, bare ONNX Runtime, llama.cpp"
+	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"
 
 setup: $(STAMP)
 
