@@ -75,8 +75,45 @@ class ModelMetrics:
         }
 
 
+class GenerationMetrics:
+    """Per-request figures of a text-generation model: time to first token, decode speed, sizes, endings."""
+
+    def __init__(self) -> None:
+        self.ttft_ms = RunningStat()
+        self.decode_tokens_per_s = RunningStat()
+        self.prompt_tokens = RunningStat()
+        self.completion_tokens = RunningStat()
+        self.finish_reasons: dict[str, int] = {}
+
+    def record(self, ttft_s: float, decode_rate: float, prompt: int, completion: int, reason: str) -> None:
+        self.ttft_ms.add(ttft_s * 1000.0)
+        if decode_rate > 0:
+            self.decode_tokens_per_s.add(decode_rate)
+        self.prompt_tokens.add(prompt)
+        self.completion_tokens.add(completion)
+        self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + 1
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "generation": {
+                "ttft_ms": self.ttft_ms.summary(),
+                "decode_tokens_per_s": self.decode_tokens_per_s.summary(),
+                "prompt_tokens": self.prompt_tokens.summary(),
+                "completion_tokens": self.completion_tokens.summary(),
+                "finish_reasons": dict(self.finish_reasons),
+            }
+        }
+
+
 def format_snapshot(name: str, snapshot: dict[str, object]) -> str:
-    """One log line per model: stage p50/p99 and batch shape."""
+    """One log line per model: stage p50/p99 and batch shape (encoders), or TTFT and decode speed (LLMs)."""
+    generation = snapshot.get("generation")
+    if isinstance(generation, dict):
+        ttft, rate = generation["ttft_ms"], generation["decode_tokens_per_s"]
+        return (
+            f"model {name}: requests={int(ttft['count'])} ttft p50={ttft['p50']:.0f}ms p99={ttft['p99']:.0f}ms, "
+            f"decode p50={rate['p50']:.1f} tokens/s, finish={generation['finish_reasons']}"
+        )
     stages = snapshot["stages_ms"]
     assert isinstance(stages, dict)
     parts = [f"{stage} p50={s['p50']:.1f}ms p99={s['p99']:.1f}ms" for stage, s in stages.items() if s["count"]]

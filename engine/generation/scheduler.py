@@ -27,6 +27,7 @@ from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, KvCache
 from engine.generation.sampling import Sampler, SamplingParams
 from engine.generation.settings import GenerationSettings
+from engine.metrics import GenerationMetrics
 from engine.native import allocate_lock, monotonic
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class GenerationScheduler:
         self.context = prompts.context
         self._wake = wake
         self._lock = allocate_lock()
+        self.metrics = GenerationMetrics()
         self._inbox: collections.deque[GenerationRequest] = collections.deque()
         self._active: list[_Sequence] = []
         self._turn = 0
@@ -150,6 +152,11 @@ class GenerationScheduler:
                         InferenceError(f"generation failed: {type(error).__name__}: {error}")
                     )
         return 0.0
+
+    def snapshot(self) -> dict[str, object]:
+        """Statistics of the finished requests (safe from any thread)."""
+        with self._lock:
+            return self.metrics.snapshot()
 
     def close(self, error: BaseException) -> None:
         with self._lock:
@@ -266,6 +273,9 @@ class GenerationScheduler:
         decode_seconds = now - first
         rate = (sequence.generated - 1) / decode_seconds if sequence.generated > 1 and decode_seconds > 0 else 0.0
         self._remove(sequence)
+        ttft = first - sequence.request.submitted
+        with self._lock:
+            self.metrics.record(ttft, rate, len(sequence.prompt), sequence.generated, reason)
         channel = sequence.request.channel
         channel.put(
             Finished(

@@ -196,3 +196,27 @@ def test_every_concurrent_sequence_gets_a_batch_slot() -> None:
     runner.release(caches[1])
     assert runner.new_cache(64).slot == 1
     assert runner.new_cache(4096).slot is None  # longer than a slot (context 512 caps it): own buffers
+
+
+def test_finished_requests_are_counted_in_the_model_statistics() -> None:
+    from engine.api import Engine
+    from engine.generation.api import generate
+    from engine.generation.events import GenerationParams
+    from engine.generation.messages import ChatMessage
+    from engine.generation.sampling import SamplingParams
+    from engine.metrics import format_snapshot
+    from engine.profile import parse_profile
+    from tests.conftest import ROOTS, settings
+
+    engine = Engine()
+    try:
+        profile = parse_profile(settings("tiny-qwen2-decoder"), "llm", roots=ROOTS)
+        params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=5)
+        for _ in range(2):
+            list(generate(engine, profile, [ChatMessage("user", "hello")], params))
+        (snapshot,) = engine.stats().values()
+        generation = snapshot["generation"]
+        assert generation["ttft_ms"]["count"] == 2 and generation["completion_tokens"]["max"] <= 5
+        assert "requests=2" in format_snapshot("tiny", snapshot)
+    finally:
+        engine.close()
