@@ -66,14 +66,16 @@ class Channel(Generic[T]):
 
     def __init__(self) -> None:
         self._items: collections.deque[Any] = collections.deque()
-        self._waker = _GeventWaker() if gevent_active() else _ThreadWaker()
+        # Created by the consumer only when it has to wait: a result that is ready (or never awaited) costs no
+        # loop watcher.
+        self._waker: _ThreadWaker | _GeventWaker | None = None
         self._error: BaseException | None = None
         self._closed = False
 
     # producer side (any thread)
     def put(self, item: T) -> None:
         self._items.append(item)
-        self._waker.notify()
+        self._notify()
 
     def close(self, error: BaseException | None = None) -> None:
         if self._closed:
@@ -81,18 +83,30 @@ class Channel(Generic[T]):
         self._error = error
         self._closed = True
         self._items.append(_CLOSED)
-        self._waker.notify()
+        self._notify()
+
+    def _notify(self) -> None:
+        waker = self._waker  # read after the append: a consumer that installed it re-checks the items after
+        if waker is not None:
+            waker.notify()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     # consumer side
+    def _wait(self) -> None:
+        if self._waker is None:
+            self._waker = _GeventWaker() if gevent_active() else _ThreadWaker()
+            if self._items:  # arrived while the waker was being installed
+                return
+        self._waker.wait(None)
+
     def __iter__(self) -> Iterator[T]:
         try:
             while True:
                 while not self._items:
-                    self._waker.wait(None)
+                    self._wait()
                 item = self._items.popleft()
                 if item is _CLOSED:
                     if self._error is not None:
@@ -100,7 +114,8 @@ class Channel(Generic[T]):
                     return
                 yield item
         finally:
-            self._waker.close()
+            if self._waker is not None:
+                self._waker.close()
 
 
 class Completion(Generic[T]):
