@@ -365,3 +365,64 @@ def test_int8_keeps_encoder_down_projection_fp32(tmp_path: Path, cache: Path, de
     path = prepare_onnx_file(find_model_files(directory), quant("int8"))
     plain = {n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"}
     assert plain == (set() if decoder else {"down_proj"})
+
+
+def encoder_graph(path: Path) -> Path:
+    """Embedding → attention-named projection [64, 64] → Relu → FFN up [64, 128] → Relu → FFN down [128, 64]."""
+    rng = np.random.default_rng(5)
+    shapes = {
+        "embed": (VOCAB, HIDDEN),
+        "wq": (HIDDEN, HIDDEN),
+        "up": (HIDDEN, 2 * HIDDEN),
+        "down": (2 * HIDDEN, HIDDEN),
+    }
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, s).astype(np.float32), k) for k, s in shapes.items()]
+    nodes = [
+        helper.make_node("Gather", ["embed", "input_ids"], ["h0"]),
+        helper.make_node("MatMul", ["h0", "wq"], ["h1"], name="/layer.0/attention/self/query/MatMul"),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "up"], ["h3"], name="/layer.0/intermediate/dense/MatMul"),
+        helper.make_node("Relu", ["h3"], ["h4"]),
+        helper.make_node("MatMul", ["h4", "down"], ["logits"], name="/layer.0/output/dense/MatMul"),
+    ]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", HIDDEN])]
+    model = helper.make_model(
+        helper.make_graph(nodes, "enc", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_int4_encoder_attention_8bit_ffn_asymmetric_4bit(tmp_path: Path, cache: Path) -> None:
+    directory = tmp_path / "models" / "enc-attn"
+    source = encoder_graph(directory / "model.onnx")
+    path = prepare_onnx_file(find_model_files(directory), quant("int4", block_size=16))
+    nodes = {n.name: n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"}
+    bits = {
+        name: helper.get_attribute_value(next(a for a in n.attribute if a.name == "bits")) for name, n in nodes.items()
+    }
+    assert bits == {
+        "/layer.0/attention/self/query/MatMul_Q8": 8,
+        "/layer.0/intermediate/dense/MatMul_Q4": 4,
+        "/layer.0/output/dense/MatMul_Q4": 4,
+    }
+    assert len(nodes["/layer.0/output/dense/MatMul_Q4"].input) == 4  # asymmetric: zero points
+    reference, quantized = run_logits(source), run_logits(path)
+    assert np.corrcoef(reference.ravel(), quantized.ravel())[0, 1] > 0.99
+
+
+def test_least_squares_4bit_beats_min_max_rounding() -> None:
+    from engine.quantize import _least_squares_4bit
+
+    blocks = np.random.default_rng(7).standard_t(4, (256, 32)).astype(np.float32)  # heavy tails, like weights
+    codes, scales, zeros = _least_squares_4bit(blocks)
+    assert codes.max() <= 15 and zeros.max() <= 15
+    error = ((codes.astype(np.float32) - zeros[:, None]) * scales[:, None] - blocks) ** 2
+    low, high = np.minimum(blocks.min(1, keepdims=True), 0), np.maximum(blocks.max(1, keepdims=True), 0)
+    scale = (high - low) / 15
+    zero = np.clip(np.rint(-low / scale), 0, 15)
+    rtn = ((np.clip(np.rint(blocks / scale) + zero, 0, 15) - zero) * scale - blocks) ** 2
+    assert (error.sum(1) <= rtn.sum(1) + 1e-6).all() and error.sum() < 0.95 * rtn.sum()

@@ -1,10 +1,11 @@
 """all-MiniLM-L6-v2: int8 (shipped file, and quantized on load) and int4 (quantized on load) embeddings through the
 engine vs plain-ORT fp32, on 300 stdlib docstring sentences.
 
-Measured (2-core x86 with AVX512-VNNI): int8 cosine mean 0.996, min 0.988 (dynamic activation scales depend on the
-batch, so the min moves with the engine's batching by ~0.003); int4 (MatMulNBits block 32) mean 0.970, min 0.952 —
-4-bit weights are too coarse for this 384-wide encoder to reach 0.99, so int4 is checked against what it achieves
-and by nearest-neighbour agreement (0.82 vs 0.9+ for int8); use int8 for small embedders."""
+Measured (2-core x86 with AVX512-VNNI), cosine to fp32 mean / min, nearest-neighbour agreement: int8 0.996 / 0.988
+(dynamic activation scales depend on the batch, so the min moves with the engine's batching by ~0.003); int4 with the
+encoder recipe of engine/quantize.py (8-bit attention, least-squares asymmetric 4-bit FFN) block 16 0.992 / 0.987 /
+0.93, block 32 0.988 / 0.976 / 0.90 (plain RTN block 32 was 0.970 / 0.952 / 0.82). The issue's goal (≥ 0.99) is held
+at block 16 (`quant_block_size=16`, +1.5 MB); block 32, the default, is checked against what it achieves."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from engine.profile import parse_profile
 from tests.real.conftest import MODELS, model_dir
 from tests.real.helpers import mean_pooled, session, stdlib_sentences
 
-# (mean cosine, min cosine, nearest-neighbour agreement) to fp32 per method: regression floors under the measured
-# values (int8 0.996 / 0.988 / see output; int4 0.970 / 0.952 / 0.82).
-THRESHOLDS = {"int8": (0.99, 0.98, 0.9), "int4": (0.96, 0.94, 0.75)}
+# (mean cosine, min cosine, nearest-neighbour agreement) to fp32: the issue's goal (mean ≥ 0.99) for int8 and int4
+# block 16; int4 block 32 gets regression floors under its measured 0.988 / 0.976 / 0.90.
+THRESHOLDS = {"int8": (0.99, 0.98, 0.9), "int4": (0.99, 0.98, 0.9), "int4-b32": (0.985, 0.97, 0.87)}
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +100,19 @@ def test_int8_file_close_to_fp32(engine: Engine, minilm: Path, sentences: list[s
     check("int8 (model_int8.onnx)", "int8", embed(engine, minilm, sentences), reference)
 
 
-@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize(("method", "block"), [("int8", "32"), ("int4", "16"), ("int4", "32")])
 def test_quantized_on_load_close_to_fp32(
     engine: Engine,
     minilm: Path,
     sentences: list[str],
     reference: np.ndarray,
     method: str,
+    block: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ONNX_LOCAL_CACHE_DIR", str(tmp_path / "cache"))
-    got = embed(engine, minilm, sentences, model_file="onnx/model.onnx", quantization=method)
-    check(f"{method} quantized on load", method, got, reference)
+    got = embed(engine, minilm, sentences, model_file="onnx/model.onnx", quantization=method, quant_block_size=block)
+    key = f"{method}-b{block}" if f"{method}-b{block}" in THRESHOLDS else method
+    check(f"{method} (block {block}) quantized on load", key, got, reference)
     assert any((tmp_path / "cache").rglob("manifest.json"))
