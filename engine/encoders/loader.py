@@ -17,7 +17,7 @@ from engine.model_files import ModelFiles
 from engine.placement import Placement, pin_current_thread
 from engine.profile import RuntimeProfile
 from engine.registry import ModelInfo
-from engine.text.tokenizer import load_tokenizer, model_max_length, read_optional_json
+from engine.text.tokenizer import load_tokenizer, model_max_length, position_limit, read_optional_json
 
 DEFAULT_CONTEXT = 512
 EMBEDDING_OUTPUTS = ("last_hidden_state", "token_embeddings", "sentence_embedding")
@@ -25,9 +25,10 @@ RERANK_OUTPUTS = ("logits", "scores")
 
 
 def resolve_context_size(profile: RuntimeProfile, directory: Path) -> int:
-    limit = model_max_length(directory)
+    """`auto`: the length the model was trained for; an explicit size may go up to its position limit."""
     if profile.context_size is None:
-        return limit or DEFAULT_CONTEXT
+        return model_max_length(directory) or DEFAULT_CONTEXT
+    limit = position_limit(directory)
     if limit is not None and profile.context_size > limit:
         raise SettingError("context_size", str(profile.context_size), f"auto or 1 to {limit} (the model's maximum)")
     return profile.context_size

@@ -46,15 +46,23 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     return tokenizer
 
 
-def model_max_length(directory: Path) -> int | None:
-    """The longest input the model supports, from config.json and tokenizer_config.json (smallest wins)."""
-    limits: list[int] = []
+def position_limit(directory: Path) -> int | None:
+    """The hard limit: how many positions the model has embeddings for (config.json)."""
     config = read_optional_json(directory / "config.json")
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = config.get(key)
         if isinstance(value, int) and value > 0:
-            limits.append(value)
-            break
+            return value
+    return None
+
+
+def model_max_length(directory: Path) -> int | None:
+    """The default input length: the smallest of the position limit, the tokenizer's model_max_length and the
+    sentence-transformers max_seq_length (the length the model was trained for)."""
+    limits: list[int] = []
+    hard = position_limit(directory)
+    if hard is not None:
+        limits.append(hard)
     tok_config = read_optional_json(directory / "tokenizer_config.json")
     value = tok_config.get("model_max_length")
     if isinstance(value, int) and 0 < value < 1 << 30:
