@@ -1,11 +1,35 @@
-# LLM decode benchmark (included by the top Makefile): engine vs a bare ONNX Runtime greedy loop on the real
-# Qwen models in .models/ (build them with `make models`). JSON + PNG in bench/results/.
-#   make bench-llm                         both layouts, 1 and 2 threads, ~40- and ~500-token prompts
-#   make bench-llm BENCH_LLM_ARGS=--tiny   a seconds-long smoke run on the test fixtures
+# LLM benchmark (included by the top Makefile after tools/tools.mk): on the real Qwen models in .models/
+# (`make models`), per layout x threads x prompt: a bare ONNX Runtime greedy loop, the engine, the plugin
+# over the daemon protocol, and llama.cpp on the same model's GGUF. JSON + PNG in bench/results/.
+#   make bench-llm                         full run (~25 min on 2 cores; builds .venv-llamacpp first)
+#   make bench-llm BENCH_LLM_ARGS=--tiny   a seconds-long smoke run on the test fixtures (no llama.cpp)
+#   make bench-llm-env                     only build the llama.cpp env (compiles from source, ~15 min)
 
-BENCH_LLM_ARGS ?=
+BENCH_LLM_ARGS  ?=
+LLAMACPP_VENV   := .venv-llamacpp
+LLAMACPP_PY     := $(LLAMACPP_VENV)/bin/python
+LLAMACPP_STAMP  := $(LLAMACPP_VENV)/.installed-stamp
+LLAMACPP_REQS   := tools/requirements-llamacpp.txt
+# CPU only, tuned for this CPU (GGML_NATIVE -> -march=native); no GPU backends, no curl, and no multimodal
+# library (LLAVA_BUILD: llama-cpp-python imports it only for image chat handlers).
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+	-DGGML_HIP=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAVA_BUILD=OFF
 
-.PHONY: bench-llm
+.PHONY: bench-llm bench-llm-env
 
+bench-llm-env: $(LLAMACPP_STAMP)
+
+# --no-binary: always compile from the PyPI sdist, never a prebuilt wheel (native flags must apply).
+$(LLAMACPP_STAMP): $(LLAMACPP_REQS)
+	@if [ -z "$(PYTHON311)" ]; then echo "ERROR: Python 3.11 not found; set PYTHON311=/path/to/python3.11" >&2; exit 1; fi
+	@[ -x $(LLAMACPP_PY) ] || $(PYTHON311) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_PY) -m pip install --quiet --upgrade pip
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) FORCE_CMAKE=1 \
+		$(LLAMACPP_PY) -m pip install --no-cache-dir --no-binary llama-cpp-python -r $(LLAMACPP_REQS)
+	@touch $@
+
+# --tiny needs no llama.cpp env; the full run builds it first.
 bench-llm: setup
-	$(PY) bench/llm.py $(BENCH_LLM_ARGS)
+	@if [[ " $(BENCH_LLM_ARGS) " != *" --tiny "* ]]; then $(MAKE) --no-print-directory bench-llm-env; fi
+	$(PY) bench/llm.py --llamacpp-python $(LLAMACPP_PY) $(BENCH_LLM_ARGS)
