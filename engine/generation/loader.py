@@ -142,26 +142,14 @@ def build_generator(
     name = f"{directory.name}[llm]"
     defaults = defaults_from_generation_config(read_optional_json(directory / "generation_config.json"))
     scheduler = GenerationScheduler(name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults)
-    info = ModelInfo(
-        name=name,
-        model_type=profile.model_type,
-        onnx_file=str(loaded_path.relative_to(directory))
-        if loaded_path.is_relative_to(directory)
-        else loaded_path.name,
-        layout=files.layout,
-        size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
-        load_seconds=0.0,
-        threads=placement.threads,
-        cores=placement.cores,
-        context_size=context,
-        details={
-            "layers": layout.layers,
-            "kv_heads": layout.kv_heads,
-            "head_dim": layout.head_dim,
-            "vocab_size": layout.vocab_size,
-            "eos_token_ids": sorted(eos_ids),
-            "mode": settings.mode,
-            "tools": template is not None and template.accepts_tools,
-        },
-    )
+    details = {
+        "layers": layout.layers,
+        "kv_heads": layout.kv_heads,
+        "head_dim": layout.head_dim,
+        "vocab_size": layout.vocab_size,
+        "eos_token_ids": sorted(eos_ids),
+        "mode": settings.mode,
+        "tools": template is not None and template.accepts_tools,
+    }
+    info = ModelInfo.for_load(name, profile, files, loaded_path, placement, context, details)
     return scheduler, info
