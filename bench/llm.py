@@ -3,9 +3,11 @@
 For each model layout (Optimum merged decoder, onnxruntime-genai GQA graph), 1 and 2 intra-op threads, and a
 ~40- and a ~500-token ChatML prompt, time to first token (TTFT) and decode tokens/s, medians of --repeats runs of
 --new-tokens greedy tokens, for:
-  bare      a plain ONNX Runtime + numpy greedy loop on the same file and threads (the no-overhead reference:
-            whole prompt in one pass, argmax, the cache fed back as ORT values / shared IOBinding buffers);
-  engine    the plugin's engine in this process (engine.generation.api.generate);
+  bare      a plain ONNX Runtime + numpy greedy loop on the same file and threads, in a process of its own
+            (bench/bare_runner.py; the no-overhead reference: whole prompt in one pass, argmax, the cache fed
+            back as ORT values / shared IOBinding buffers; the graph as it is unless --bare-last-logits);
+  engine    the plugin's engine in this process (engine.generation.api.generate; it computes the logits of the
+            last prompt position only, a load-time graph edit: engine/generation/last_logits.py);
   plugin    the real plugin process over the Dify daemon protocol (bench/plugin_runner.py);
   llamacpp  llama.cpp (llama-cpp-python built from source, .venv-llamacpp) on the same model's Q4_K_M GGUF,
             fed the same prompt token ids (bench/llamacpp_runner.py).
@@ -38,12 +40,12 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bare_runner import BareClient
 from bench.llamacpp_runner import LlamaCppClient
 from bench.plugin_runner import PluginBench
 from engine.api import Engine
 from engine.generation.api import generate
 from engine.generation.events import Finished, GenerationParams
-from engine.generation.kv_layout import read_kv_layout
 from engine.generation.messages import ChatMessage
 from engine.generation.sampling import SamplingParams
 from engine.model_files import find_model_files
@@ -81,6 +83,7 @@ class Options:
     llamacpp_python: Path | None = None
     gguf: Path | None = None
     flash_attn: bool = False
+    bare_last_logits: bool = False
     llamacpp_info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,67 +97,6 @@ def prompt_messages(engine: Engine, profile: Any, target: int) -> tuple[list[Cha
         if count >= target or len(filler) > 200_000:
             return messages, count
         filler += FILLER
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.log_severity_level = 3
-    return options
-
-
-def bare_greedy(
-    session: ort.InferenceSession, layout_info: Any, genai: bool, prompt: list[int], new_tokens: int, eos: set[int]
-) -> tuple[list[int], float, float]:
-    """(ids, time to first token, decode tokens/s) of a plain greedy loop."""
-    layout = layout_info
-    inputs = {i.name for i in session.get_inputs()}
-    started = time.perf_counter()
-    capacity = len(prompt) + new_tokens
-    if genai:
-        shape = (1, layout.kv_heads, capacity, layout.head_dim)
-        buffers = [np.zeros(shape, layout.dtype) for _ in range(2 * layout.layers)]
-        values = [ort.OrtValue.ortvalue_from_numpy(b) for b in buffers]
-    else:
-        empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, layout.kv_heads, 0, layout.head_dim), layout.dtype))
-        values = [empty] * (2 * layout.layers)
-    past = [name for pair in layout.past_names for name in pair]
-    present = [name for pair in layout.present_names for name in pair]
-    ids: list[int] = []
-    step, done, first_at = list(prompt), 0, 0.0
-    binding = session.io_binding()
-    binding.bind_output("logits", "cpu")
-    if genai:  # shared past/present buffers: bound once for the whole generation
-        for past_name, present_name, value in zip(past, present, values):
-            binding.bind_ortvalue_input(past_name, value)
-            binding.bind_ortvalue_output(present_name, value)
-    for _ in range(new_tokens):
-        total = done + len(step)
-        binding.bind_cpu_input("input_ids", np.asarray([step], np.int64))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        if "position_ids" in inputs:
-            binding.bind_cpu_input("position_ids", np.arange(done, total, dtype=np.int64)[None, :])
-        binding.bind_output("logits", "cpu")
-        if not genai:  # Optimum: the previous step's present values become this step's past
-            for past_name, present_name, value in zip(past, present, values):
-                binding.bind_ortvalue_input(past_name, value)
-                binding.bind_output(present_name, "cpu")
-        session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        if not genai:
-            values = outputs[1:]
-        token = int(outputs[0].numpy()[0, -1].argmax())
-        ids.append(token)
-        if not first_at:
-            first_at = time.perf_counter()
-        if token in eos:
-            break
-        done, step = total, [token]
-    end = time.perf_counter()
-    rate = (len(ids) - 1) / (end - first_at) if len(ids) > 1 else 0.0
-    return ids, first_at - started, rate
 
 
 def engine_greedy(engine: Engine, profile: Any, messages: list[ChatMessage], new_tokens: int) -> Finished:
@@ -174,8 +116,7 @@ class Subjects:
     threads: int
     engine: Engine
     profile: Any
-    session: ort.InferenceSession
-    kv: Any
+    bare: BareClient
     plugin: PluginBench | None = None
     llama: LlamaCppClient | None = None
 
@@ -192,10 +133,8 @@ def open_subjects(model_dir: Path, threads: int, options: Options) -> Subjects:
     engine = Engine()
     engine.model(profile)
     files = find_model_files(model_dir)
-    session = ort.InferenceSession(str(files.onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
-    subjects = Subjects(
-        model_dir, files.layout, threads, engine, profile, session, read_kv_layout(session, model_dir, files.layout)
-    )
+    bare = BareClient(model_dir, threads, options.bare_last_logits)
+    subjects = Subjects(model_dir, files.layout, threads, engine, profile, bare)
     if "plugin" in options.systems:
         subjects.plugin = PluginBench(options.models_root, model_dir, threads)
         subjects.plugin.start()
@@ -206,6 +145,7 @@ def open_subjects(model_dir: Path, threads: int, options: Options) -> Subjects:
 
 
 def close_subjects(subjects: Subjects) -> None:
+    subjects.bare.close()
     if subjects.plugin:
         subjects.plugin.close()
     if subjects.llama:
@@ -220,11 +160,10 @@ def runners(subjects: Subjects, text: str, prompt: list[int]) -> dict[str, Runne
     """One callable per available system: new_tokens -> (timings, its output)."""
     scheduler = subjects.engine.model(subjects.profile).scheduler
     eos = set(scheduler.eos_ids)
-    genai = subjects.layout == "genai"
 
     def bare(count: int) -> tuple[Sample, Any]:
-        ids, ttft, rate = bare_greedy(subjects.session, subjects.kv, genai, prompt, count, eos)
-        return Sample(ttft, rate, len(ids)), ids
+        result = subjects.bare.greedy(prompt, count, eos)
+        return Sample(result["ttft_s"], result["decode_tokens_per_s"], result["new_tokens"]), result["ids"]
 
     def engine(count: int) -> tuple[Sample, Any]:
         finished = engine_greedy(subjects.engine, subjects.profile, [ChatMessage("user", text)], count)
@@ -540,6 +479,11 @@ def parse_args() -> argparse.Namespace:
         choices=("on", "off"),
         help="llama.cpp flash attention (on: what its own `-fa auto` picks on CPU)",
     )
+    parser.add_argument(
+        "--bare-last-logits",
+        action="store_true",
+        help="run the bare loop on the engine's last-position-logits graph edit instead of the file as it is",
+    )
     parser.add_argument("--streams", default="1,2,4", help="concurrent requests for the aggregate test ('' = skip)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--stem", default="", help="output file stem (default llm, or llm-tiny)")
@@ -551,7 +495,7 @@ def make_options(args: argparse.Namespace, root: Path) -> Options:
     unknown = set(systems) - set(SYSTEMS)
     if unknown or not {"bare", "engine"} <= set(systems):
         raise SystemExit(f"--systems must include bare,engine and only {','.join(SYSTEMS)}; got {args.systems}")
-    options = Options(systems, args.new_tokens, args.repeats, root)
+    options = Options(systems, args.new_tokens, args.repeats, root, bare_last_logits=args.bare_last_logits)
     if "llamacpp" in systems:
         options.llamacpp_python = llamacpp_python(args)
         if options.llamacpp_python:
@@ -595,6 +539,7 @@ def main() -> None:
         "timing": "TTFT = call (request sent) to first token (first non-empty stream chunk for the plugin); "
         "decode tok/s = (n - 1) / (t_last - t_first); medians of the repeats; systems interleaved",
         "goals": GOALS,
+        "bare_graph": "last-position logits (engine's edit)" if options.bare_last_logits else "the file as it is",
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "duration_s": time.perf_counter() - started,

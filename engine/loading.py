@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -19,6 +20,15 @@ _OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+@dataclass(frozen=True)
+class EditedGraph:
+    """An in-memory edit of a model's graph, for `InferenceSession(bytes)`; its weights stay in the external-data
+    files of `folder` (ONNX Runtime's `session.model_external_initializers_file_folder_path`)."""
+
+    model_bytes: bytes
+    folder: Path
 
 
 def spinning_enabled(settings: SessionSettings, placement: Placement) -> bool:
@@ -49,10 +59,12 @@ def build_session_options(settings: SessionSettings, placement: Placement) -> or
     return options
 
 
-def create_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
-    """Load an ONNX file; a parse failure is reported without echoing the file's bytes."""
+def create_session(path: Path, options: ort.SessionOptions, model_bytes: bytes | None = None) -> ort.InferenceSession:
+    """Load an ONNX file (or `model_bytes`, an edited copy of its graph); a parse failure is reported without
+    echoing the file's bytes."""
+    source: str | bytes = str(path) if model_bytes is None else model_bytes
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ORT raises several exception types (Fail, InvalidProtobuf, RuntimeException…)
         kind = type(error).__name__
         log.debug("session creation for %s failed: %s", path, kind)

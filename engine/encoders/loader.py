@@ -12,7 +12,7 @@ from engine.encoders.embedding import EmbeddingTask, resolve_pooling
 from engine.encoders.rerank import RerankTask
 from engine.encoders.runner import EncoderRunner
 from engine.errors import ModelLoadError, SettingError
-from engine.loading import build_session_options, create_session
+from engine.loading import EditedGraph, build_session_options, create_session
 from engine.model_files import ModelFiles
 from engine.placement import Placement, pin_current_thread
 from engine.profile import RuntimeProfile
@@ -42,8 +42,14 @@ def _pad_id(directory: Path, tokenizer_pad: int | None) -> int:
     return pad if isinstance(pad, int) else 0
 
 
-def session_for(profile: RuntimeProfile, files: ModelFiles, placement: Placement) -> tuple[ort.InferenceSession, Path]:
-    """The ONNX Runtime session of a profile, quantizing the file first when the profile asks for it."""
+GraphEdit = Callable[[Path], EditedGraph | None]
+
+
+def session_for(
+    profile: RuntimeProfile, files: ModelFiles, placement: Placement, edit: GraphEdit | None = None
+) -> tuple[ort.InferenceSession, Path]:
+    """The ONNX Runtime session of a profile, quantizing the file first when the profile asks for it, then
+    loading `edit`'s in-memory copy of the graph when it gives one."""
     path = files.onnx_path
     if profile.quantization.method != "none":
         try:
@@ -53,7 +59,12 @@ def session_for(profile: RuntimeProfile, files: ModelFiles, placement: Placement
                 "quantization", profile.quantization.method, "none (quantize-on-load is not available)"
             ) from None
         path = prepare_onnx_file(files, profile.quantization)
-    return create_session(path, build_session_options(profile.session, placement)), path
+    options = build_session_options(profile.session, placement)
+    edited = edit(path) if edit is not None else None
+    if edited is None:
+        return create_session(path, options), path
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(edited.folder))
+    return create_session(path, options, edited.model_bytes), path
 
 
 def build_encoder(

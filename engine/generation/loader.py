@@ -9,6 +9,7 @@ from pathlib import Path
 from engine.encoders.loader import session_for
 from engine.errors import ModelLoadError, SettingError
 from engine.generation.kv_layout import KvLayout, read_kv_layout
+from engine.generation.last_logits import LOGITS, last_position_graph
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.sampling import SamplingParams, defaults_from_generation_config
@@ -111,6 +112,11 @@ def _runner(
     return OptimumRunner(session, layout)  # type: ignore[arg-type]
 
 
+def _last_position_only(session: object) -> bool:
+    shape = next((o.shape for o in session.get_outputs() if o.name == LOGITS), [])  # type: ignore[attr-defined]
+    return len(shape) == 3 and shape[1] == 1
+
+
 def build_generator(
     profile: RuntimeProfile, files: ModelFiles, placement: Placement, wake: Callable[[], None]
 ) -> tuple[GenerationScheduler, ModelInfo]:
@@ -125,7 +131,7 @@ def build_generator(
             "set mode to completion for a base model",
         )
     context = resolve_context(profile, directory)
-    session, loaded_path = session_for(profile, files, placement)
+    session, loaded_path = session_for(profile, files, placement, last_position_graph)
     layout = read_kv_layout(session, directory, files.layout)
     runner = _runner(session, layout, files, settings, context)
     eos_text = dict(template.special_tokens).get("eos_token") if template else None
@@ -148,6 +154,7 @@ def build_generator(
         "head_dim": layout.head_dim,
         "vocab_size": layout.vocab_size,
         "eos_token_ids": sorted(eos_ids),
+        "logits": "last position" if _last_position_only(session) else "every position",
         "mode": settings.mode,
         "tools": template is not None and template.accepts_tools,
     }

@@ -1,0 +1,72 @@
+"""Load-time graph edit: compute the vocabulary projection for the last position only.
+
+Exported decoders return logits for every input position ([batch, sequence, vocab]); generation reads only the
+last one. During prefill the lm_head then runs on every prompt token — for Qwen2.5-0.5B (151,936-token vocabulary,
+tied 136 M-parameter head) that is about a quarter of the prompt's compute plus a [sequence × vocab] float output
+(78 MB per 128 tokens). Slicing the hidden state to its last position before the head removes both; decode steps
+(one position) are unchanged.
+
+The edit happens in memory on the graph only: weights stay in their external-data file (ONNX Runtime reads them
+from the model's folder, `session.model_external_initializers_file_folder_path`). A graph whose head is not the
+recognised pattern is loaded unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engine.loading import EditedGraph
+
+log = logging.getLogger(__name__)
+
+LOGITS = "logits"
+# Operators that project [batch, sequence, hidden] to [batch, sequence, vocab] with a constant weight.
+_PROJECTIONS = {"MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+# Graphs with their weights embedded are parsed and re-serialized whole; above this the transient copies (the
+# parsed graph, the bytes, ONNX Runtime's own copy) cost more memory than the edit is worth at load time.
+MAX_EMBEDDED_BYTES = 1 << 30
+_SLICE_NAME = "onnx_local_last_position"
+
+
+def last_position_graph(path: Path) -> EditedGraph | None:
+    """The decoder at `path` with logits for the last position only, or None when the edit does not apply
+    (the head is not a recognised projection, the graph is too big to re-serialize, or onnx is missing)."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf errors may quote the file's bytes; the plain load reports the problem
+        return None
+    graph = model.graph
+    embedded = sum(t.ByteSize() for t in graph.initializer if not uses_external_data(t))
+    if embedded > MAX_EMBEDDED_BYTES:
+        log.info("%s embeds %.0f MB of weights; logits stay computed for every position", path.name, embedded / 1e6)
+        return None
+    producers = [node for node in graph.node if LOGITS in node.output]
+    outputs = [output for output in graph.output if output.name == LOGITS]
+    if len(producers) != 1 or len(outputs) != 1 or any(n.name == _SLICE_NAME for n in graph.node):
+        return None
+    head = producers[0]
+    dims = outputs[0].type.tensor_type.shape.dim
+    if head.op_type not in _PROJECTIONS or len(dims) != 3:
+        log.info("%s: the logits come from %s; logits stay computed for every position", path.name, head.op_type)
+        return None
+    hidden = head.input[0]
+    constants = [
+        helper.make_tensor(f"{_SLICE_NAME}_{name}", TensorProto.INT64, [1], [value])
+        for name, value in (("starts", -1), ("ends", 1 << 62), ("axes", 1))
+    ]
+    graph.initializer.extend(constants)
+    last = helper.make_node(
+        "Slice", [hidden, *(c.name for c in constants)], [f"{_SLICE_NAME}_hidden"], name=_SLICE_NAME
+    )
+    graph.node.insert(list(graph.node).index(head), last)
+    head.input[0] = last.output[0]
+    dims[1].Clear()
+    dims[1].dim_value = 1
+    return EditedGraph(model.SerializeToString(), path.parent)
