@@ -71,6 +71,7 @@ class ModelInfo:
             f"{self.onnx_file} ({self.layout} layout, {self.size_bytes / 1e6:.1f} MB) "
             f"loaded in {self.load_seconds:.2f}s (+{self.details.get('rss_delta_mb', 0)} MB RSS), "
             f"{self.threads} thread(s) on {cores}, context {self.context_size}"
+            + (f", logits for the {self.details['logits']}" if "logits" in self.details else "")
         )
 
 
