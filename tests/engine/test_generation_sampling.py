@@ -10,6 +10,7 @@ from engine.generation.sampling import (
     Sampler,
     SamplingParams,
     TokenCounts,
+    _draw,
     apply_penalties,
     defaults_from_generation_config,
     filtered_distribution,
@@ -85,7 +86,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 
 
 def test_top_p_on_a_large_flat_vocabulary_falls_back_to_a_full_sort() -> None:
-    logits = np.zeros(5000, dtype=np.float32)  # the 1024-candidate window holds only ~20 % of the mass
+    logits = np.zeros(5000, dtype=np.float32)  # no token stands out: the threshold must drop to all
     ids, probs = filtered_distribution(logits, SamplingParams(temperature=1.0, top_p=0.5))
     assert abs(len(ids) - 2500) <= 1  # float rounding of the cumulative sum
     np.testing.assert_allclose(probs.sum(), 1.0)
@@ -132,3 +133,73 @@ def test_request_overrides_and_validation() -> None:
     assert params.temperature == 0.0 and params.top_k == 5 and params.seed == 9 and params.top_p == 1.0
     with pytest.raises(BadRequestError, match="top_p"):
         SamplingParams().with_overrides({"top_p": 0})
+
+
+def reference_distribution(logits: np.ndarray, params: SamplingParams) -> dict[int, float]:
+    """transformers' order with a full sort in float64: temperature, top-k, top-p, min-p."""
+    scaled = logits.astype(np.float64) / params.temperature
+    order = np.argsort(-scaled, kind="stable")
+    if params.top_k:
+        order = order[: params.top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), params.top_p, side="left")) + 1
+        order, probs = order[:keep], probs[:keep]
+    if params.min_p:
+        mask = probs >= params.min_p * probs[0]
+        order, probs = order[mask], probs[mask]
+    return dict(zip(order.tolist(), (probs / probs.sum()).tolist()))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=0.7, top_p=0.8),
+        SamplingParams(temperature=1.3, top_p=0.95),  # a wide nucleus: the threshold has to drop
+        SamplingParams(temperature=0.7, top_k=20, top_p=0.8),
+        SamplingParams(temperature=1.0, top_k=50, min_p=0.05),
+        SamplingParams(temperature=0.9, top_p=0.9, min_p=0.02),
+    ],
+)
+def test_fast_filters_match_a_full_sort_reference_on_a_large_vocabulary(params: SamplingParams) -> None:
+    logits = (np.random.default_rng(5).normal(size=50_000) * 2.5).astype(np.float32)
+    ids, probs = filtered_distribution(logits, params)
+    expected = reference_distribution(logits, params)
+    # The same tokens with the same probabilities; the order only up to near-ties (float32 weights).
+    assert sorted(ids.tolist()) == sorted(expected)
+    np.testing.assert_allclose(probs, [expected[i] for i in ids.tolist()], rtol=1e-4, atol=1e-9)
+    assert np.all(np.diff(probs) <= 1e-9)
+
+
+def test_draws_come_only_from_the_filtered_set_with_its_frequencies() -> None:
+    logits = (np.random.default_rng(6).normal(size=20_000) * 3.0).astype(np.float32)
+    params = SamplingParams(temperature=0.5, top_p=0.6, seed=11)
+    expected = reference_distribution(logits, params)
+    sampler = Sampler(params, [], vocab_size=20_000)
+    draws = [sampler.choose(logits) for _ in range(3000)]
+    assert set(draws) <= set(expected)
+    best = max(expected, key=expected.__getitem__)
+    assert abs(draws.count(best) / len(draws) - expected[best]) < 0.04
+
+
+def test_inverse_cdf_draw_over_a_large_set_lands_where_the_mass_is() -> None:
+    weights = np.ones(10_000, dtype=np.float32)  # goes by blocks of 1024
+    assert _draw(weights, 0.5) == 5000
+    assert _draw(weights, 0.0) == 0
+    assert _draw(weights, 0.99999999) == 9999
+    weights[7777] = 10_000.0  # half of the mass on one token
+    assert _draw(weights, 0.25) == 4999  # a quarter of 19,999
+    assert _draw(weights, 0.6) == 7777
+
+
+def test_temperature_only_draws_follow_the_distribution_on_a_large_vocabulary() -> None:
+    logits = np.zeros(20_000, dtype=np.float32)
+    logits[:5] = 8.0  # five tokens with most of the mass, the rest a long tail
+    params = SamplingParams(temperature=1.0, seed=3)
+    tail_mass = 19_995 / (19_995 + 5 * np.exp(8.0))
+    sampler = Sampler(params, [], vocab_size=20_000)
+    draws = np.asarray([sampler.choose(logits) for _ in range(4000)])
+    assert abs(np.mean(draws >= 5) - tail_mass) < 0.03
+    assert len(set(draws[draws >= 5].tolist())) > 100  # the tail is really sampled, across blocks
