@@ -4,6 +4,7 @@
 #   make bench-llm                         full run (~25 min on 2 cores; builds .venv-llamacpp first)
 #   make bench-llm BENCH_LLM_ARGS=--tiny   a seconds-long smoke run on the test fixtures (no llama.cpp)
 #   make bench-llm-env                     only build the llama.cpp env (compiles from source, ~15 min)
+#   make bench-sampling                    per-token cost of the sampler (no model needed)
 
 BENCH_LLM_ARGS  ?=
 LLAMACPP_VENV   := .venv-llamacpp
@@ -16,7 +17,7 @@ LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_
 	-DGGML_HIP=OFF -DGGML_OPENMP=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAVA_BUILD=OFF
 
-.PHONY: bench-llm bench-llm-env
+.PHONY: bench-llm bench-llm-env bench-sampling
 
 bench-llm-env: $(LLAMACPP_STAMP)
 
@@ -33,3 +34,7 @@ $(LLAMACPP_STAMP): $(LLAMACPP_REQS)
 bench-llm: setup
 	@if [[ " $(BENCH_LLM_ARGS) " != *" --tiny "* ]]; then $(MAKE) --no-print-directory bench-llm-env; fi
 	$(PY) bench/llm.py --llamacpp-python $(LLAMACPP_PY) $(BENCH_LLM_ARGS)
+
+# Per-token cost of the sampler on a Qwen-sized vocabulary (seconds; no model needed).
+bench-sampling: setup
+	$(PY) bench/sampling.py

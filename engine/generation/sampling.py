@@ -146,25 +146,42 @@ def _top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
     return _best_first(values, candidates)
 
 
+# The top-p cut sorts at most about this many weights around it (unless they tie).
+_SORTED_CUT = 4096
+
+
 def _nucleus_indices(weights: np.ndarray, mass: float) -> np.ndarray:
-    """Indices of `weights`, best first, of the shortest prefix whose sum reaches `mass`. Only the weights above
-    a threshold are sorted: once they hold the mass, the prefix lies among them (a full sort of Qwen's
-    vocabulary takes ~20 ms); the threshold drops until they do."""
-    floor = 1.0 / 64  # relative to the best weight, which is 1
-    while True:
-        candidates = np.flatnonzero(weights >= floor) if floor > 0 else np.arange(weights.shape[0])
-        if floor == 0 or weights[candidates].sum(dtype=np.float64) >= mass:
+    """Indices of the shortest best-first prefix of `weights` whose sum reaches `mass` (the top-p nucleus), in no
+    particular order. A full sort of Qwen's vocabulary takes ~20 ms, so only the weights near the cut are
+    sorted: a threshold `low` whose weights hold the mass is lowered until found, then raised towards `high` by
+    bisection until few weights lie between the two; the weights above `high` are in the nucleus whatever
+    their order."""
+    # Invariant: the weights >= low hold the mass, those >= high do not (the best weight is exactly 1).
+    low, high = 1.0 / 64, 1.0 + 1e-6
+    while low > 0 and weights[weights >= low].sum(dtype=np.float64) < mass:
+        high, low = low, (low / 64 if low > 1e-30 else 0.0)
+    candidates = np.flatnonzero(weights >= low)
+    values = weights[candidates]
+    for _ in range(64):
+        if np.count_nonzero((values >= low) & (values < high)) <= _SORTED_CUT or high - low <= 1e-9 * high:
             break
-        floor = floor / 64 if floor > 1e-30 else 0.0
-    order = _best_first(weights, candidates)
-    cumulative = np.cumsum(weights[order], dtype=np.float64)
-    keep = int(np.searchsorted(cumulative, mass, side="left")) + 1
-    return order[: min(keep, order.shape[0])]
+        middle = np.sqrt(low * high) if low > 0 else high / 2
+        if values[values >= middle].sum(dtype=np.float64) >= mass:
+            low = middle
+        else:
+            high = middle
+    between = (values >= low) & (values < high)
+    above = candidates[values >= high]  # their sum is below the mass: all of them are in the nucleus
+    near = candidates[between]
+    near = near[np.argsort(-weights[near], kind="stable")]
+    needed = mass - float(weights[above].sum(dtype=np.float64))
+    keep = int(np.searchsorted(np.cumsum(weights[near], dtype=np.float64), needed, side="left")) + 1
+    return np.concatenate([above, near[: min(keep, near.shape[0])]])
 
 
 def _candidates(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray | None, np.ndarray]:
     """(token ids, or None for the whole vocabulary in order; their unnormalised weights) after temperature,
-    top-k, top-p and min-p. Best first whenever top-k or top-p applied."""
+    top-k, top-p and min-p, in no particular order."""
     values = np.asarray(logits, dtype=np.float32)
     vocab = values.shape[0]
     ids: np.ndarray | None = None
