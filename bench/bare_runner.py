@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.llamacpp_runner import private_stdout
+from bench.llamacpp_runner import JsonLinesProcess, private_stdout
 from engine.generation.kv_layout import read_kv_layout
 from engine.generation.last_logits import last_position_graph
 from engine.model_files import find_model_files
@@ -110,38 +109,17 @@ def load(model_dir: Path, threads: int, last_logits: bool) -> tuple[ort.Inferenc
     return session, read_kv_layout(session, model_dir, files.layout), files.layout == "genai"
 
 
-class BareClient:
-    """The bench side: runs this script with the same interpreter and exchanges JSON lines with it."""
+class BareClient(JsonLinesProcess):
+    """The bench side: runs this script with the same interpreter."""
 
     def __init__(self, model_dir: Path, threads: int, last_logits: bool = False) -> None:
         command = [sys.executable, __file__, "--model-dir", str(model_dir), "--threads", str(threads)]
         if last_logits:
             command.append("--last-logits")
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.info = self._read()
-
-    def _read(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"bare runner exited with {self.proc.wait()}")
-        return json.loads(line)
+        super().__init__(command, "bare")
 
     def greedy(self, prompt: list[int], new_tokens: int, eos: set[int]) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        request = {"prompt": prompt, "new_tokens": new_tokens, "eos": sorted(eos)}
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        return self.request({"prompt": prompt, "new_tokens": new_tokens, "eos": sorted(eos)})
 
 
 def main() -> None:

@@ -80,26 +80,25 @@ def describe(llm: Any) -> dict[str, Any]:
     }
 
 
-class LlamaCppClient:
-    """The bench side (plugin venv): runs this script in the llama.cpp env and exchanges JSON lines with it."""
+class JsonLinesProcess:
+    """The bench side of a runner script: starts it and exchanges one JSON line per request with it. Shared
+    with bench/bare_runner.py (this module imports nothing outside the standard library until main runs)."""
 
-    def __init__(self, python: Path, gguf: Path, threads: int, flash_attn: bool = False) -> None:
-        command = [str(python), __file__, "--gguf", str(gguf), "--threads", str(threads)]
-        if flash_attn:
-            command.append("--flash-attn")
+    def __init__(self, command: list[str], name: str) -> None:
+        self.name = name
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.info = self._read()
+        self.info = self._read()  # the runner's first line: ready, with what it loaded
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"llama.cpp runner exited with {self.proc.wait()}")
+            raise RuntimeError(f"{self.name} runner exited with {self.proc.wait()}")
         return json.loads(line)
 
-    def greedy(self, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"prompt": prompt, "new_tokens": new_tokens}) + "\n")
+        self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -111,6 +110,19 @@ class LlamaCppClient:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+class LlamaCppClient(JsonLinesProcess):
+    """The bench side (plugin venv): runs this script in the llama.cpp env."""
+
+    def __init__(self, python: Path, gguf: Path, threads: int, flash_attn: bool = False) -> None:
+        command = [str(python), __file__, "--gguf", str(gguf), "--threads", str(threads)]
+        if flash_attn:
+            command.append("--flash-attn")
+        super().__init__(command, "llama.cpp")
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> dict[str, Any]:
+        return self.request({"prompt": prompt, "new_tokens": new_tokens})
 
 
 def main() -> None:
