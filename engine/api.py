@@ -1,20 +1,35 @@
-"""The engine's entry points: what adapters, tests, benchmarks and the CLI call."""
+"""The engine's one door: what adapters, tests, benchmarks and a command line call.
+
+Callers may be gevent greenlets: nothing here blocks on a real lock while a model computes. Every call, whatever
+its kind, holds the model in use through `ModelRegistry.use` for as long as it runs (a generation: until its
+stream ends), so idle unload never stops a model under a call.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.batching import BULK, INTERACTIVE, MicroBatcher
-from engine.errors import BadRequestError
+from engine.channel import Channel
+from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher
+from engine.encoders.loader import build_encoder
+from engine.errors import BadRequestError, SettingError
+from engine.generation.events import GenerationEvent, GenerationParams
+from engine.generation.loader import ModelTraits, build_generator, read_traits
+from engine.generation.scheduler import GenerationRequest, GenerationScheduler
 from engine.metrics import format_snapshot
+from engine.model_config import read_optional_json, resolve_context_size
+from engine.model_info import ModelInfo
 from engine.native import allocate_lock
-from engine.profile import RuntimeProfile
-from engine.registry import Builder, LoadedModel, ModelInfo, ModelRegistry
+from engine.registry import Builder, ModelRegistry
+from engine.settings.profile import RuntimeProfile
+from engine.text.messages import ChatMessage, ToolSpec
+from engine.worker import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +37,10 @@ log = logging.getLogger(__name__)
 # response near 2 MiB whatever the dimension.
 RESPONSE_BUDGET_BYTES = 2 * 1024 * 1024
 MAX_CHUNKS_CAP = 64
+# Embedding dimension assumed for max_chunks when config.json does not give hidden_size.
+FALLBACK_DIMENSION = 1024
+
+BUILDERS: dict[str, Builder] = {"text-embedding": build_encoder, "rerank": build_encoder, "llm": build_generator}
 
 
 @dataclass(frozen=True)
@@ -37,51 +56,61 @@ class RerankHit:
     score: float
 
 
+@dataclass(frozen=True)
+class EncoderTraits:
+    """What an embedding or rerank model's schema needs, from its files alone (no session)."""
+
+    context_size: int
+    max_chunks: int | None  # embedding models: texts per call that keep a response within the budget
+
+
 def max_chunks_for(dimension: int) -> int:
     return max(1, min(MAX_CHUNKS_CAP, RESPONSE_BUDGET_BYTES // (20 * max(1, dimension))))
 
 
-def _default_builders() -> dict[str, Builder]:
-    from engine.encoders.loader import build_encoder
-
-    builders: dict[str, Builder] = {"text-embedding": build_encoder, "rerank": build_encoder}
-    try:
-        from engine.generation.loader import build_generator
-    except ImportError:
-        pass
-    else:
-        builders["llm"] = build_generator
-    return builders
-
-
 class Engine:
     def __init__(self, registry: ModelRegistry | None = None) -> None:
-        self.registry = registry or ModelRegistry(_default_builders())
+        self.registry = registry or ModelRegistry(BUILDERS)
 
-    def model(self, profile: RuntimeProfile) -> LoadedModel:
-        if profile.model_type not in self.registry.builders:
-            raise BadRequestError(f"model type {profile.model_type} is not supported by this engine build")
-        return self.registry.get(profile)
+    # ---- every model type
+    def model_info(self, profile: RuntimeProfile) -> ModelInfo:
+        """Load (or find) the model and describe what was loaded; credential validation calls this."""
+        with self.registry.use(profile, Scheduler) as model:  # type: ignore[type-abstract]
+            return model.info
 
-    def acquire(self, profile: RuntimeProfile) -> LoadedModel:
-        """The loaded model with this call counted, so it is not unloaded mid-call; release with `model.end()`."""
-        if profile.model_type not in self.registry.builders:
-            raise BadRequestError(f"model type {profile.model_type} is not supported by this engine build")
-        return self.registry.acquire(profile)
+    def traits(self, profile: RuntimeProfile) -> EncoderTraits | ModelTraits:
+        """What the model's schema needs (context size, parameter defaults, tool support, …), read from its
+        files without loading it."""
+        if profile.model_type == "llm":
+            return read_traits(profile)
+        directory = profile.model_dir
+        try:
+            context = resolve_context_size(profile.context_size, directory, profile.model_type)
+        except SettingError:  # an invalid explicit size is reported by validation; describe the model as trained
+            context = resolve_context_size(None, directory, profile.model_type)
+        max_chunks = None
+        if profile.model_type == "text-embedding":
+            hidden = read_optional_json(directory / "config.json").get("hidden_size")
+            max_chunks = max_chunks_for(hidden if isinstance(hidden, int) else FALLBACK_DIMENSION)
+        return EncoderTraits(context, max_chunks)
 
-    def load(self, profile: RuntimeProfile) -> ModelInfo:
-        """Load (or find) the model and return what was loaded; used by credential validation."""
-        return self.model(profile).info
+    def stats(self) -> dict[str, dict[str, object]]:
+        return {model.info.name: model.scheduler.snapshot() for model in self.registry.loaded()}
 
+    def log_stats(self) -> None:
+        for name, snapshot in self.stats().items():
+            log.info(format_snapshot(name, snapshot))
+
+    def close(self) -> None:
+        self.registry.close()
+
+    # ---- embedding and rerank
     def embed(self, profile: RuntimeProfile, texts: Sequence[str], input_type: str = "document") -> EmbeddingOutcome:
         if input_type not in ("document", "query"):
             raise BadRequestError(f"input_type {input_type!r} is not valid; allowed: document, query")
-        model = self.acquire(profile)
-        batcher: MicroBatcher = model.scheduler
-        try:
-            outcome = batcher.submit(list(texts), input_type, INTERACTIVE if input_type == "query" else BULK).result()
-        finally:
-            model.end()
+        with self.registry.use(profile, MicroBatcher) as model:
+            priority = INTERACTIVE if input_type == "query" else BULK
+            outcome = model.scheduler.submit(list(texts), input_type, priority).result()
         return EmbeddingOutcome([vector.tolist() for vector in outcome.results], outcome.tokens)
 
     def rerank(
@@ -94,12 +123,8 @@ class Engine:
     ) -> list[RerankHit]:
         """Scores sorted best first. top_n <= 0 or None: all; score_threshold None: none (Dify sends 0 for
         'unset' on the wire, and 0 as a threshold keeps everything a probability can score anyway)."""
-        model = self.acquire(profile)
-        batcher: MicroBatcher = model.scheduler
-        try:
-            outcome = batcher.submit([(query, doc) for doc in docs], "pair", INTERACTIVE).result()
-        finally:
-            model.end()
+        with self.registry.use(profile, MicroBatcher) as model:
+            outcome = model.scheduler.submit([(query, doc) for doc in docs], "pair", INTERACTIVE).result()
         hits = [RerankHit(i, doc, float(score)) for i, (doc, score) in enumerate(zip(docs, outcome.results))]
         hits.sort(key=lambda hit: (-hit.score, hit.index))
         if score_threshold:
@@ -110,24 +135,60 @@ class Engine:
 
     def count_tokens(self, profile: RuntimeProfile, texts: Sequence[str]) -> list[int]:
         """Tokens per text with the model's own tokenizer, before truncation to the context."""
-        model = self.model(profile)
-        counter = model.scheduler.task.counter
-        return model.worker.call(lambda: [len(e.ids) for e in counter.encode_batch(list(texts))]).result()
+        with self.registry.use(profile, MicroBatcher) as model:
+            counter = model.scheduler.task.counter
+            return model.worker.call(lambda: [len(e.ids) for e in counter.encode_batch(list(texts))]).result()
 
-    def stats(self) -> dict[str, dict[str, object]]:
-        snapshots: dict[str, dict[str, object]] = {}
-        for model in self.registry.loaded():
-            snapshot = getattr(model.scheduler, "snapshot", None)
-            if snapshot is not None:
-                snapshots[model.info.name] = snapshot()
-        return snapshots
+    # ---- chat and completion
+    def generate(
+        self,
+        profile: RuntimeProfile,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        tools: Sequence[ToolSpec] = (),
+        stop: Sequence[str] = (),
+    ) -> Iterator[GenerationEvent]:
+        """Submit a generation (loading the model if needed) and return its stream: TextDelta / ToolCallDelta
+        events and, last, one Finished event. Problems found before the first step (a bad parameter, an
+        unknown model) raise here; the prompt's own problems (too long, image content) raise from the
+        iteration. Closing the iterator early cancels the sequence on the worker."""
+        if profile.generation is None:
+            raise BadRequestError(f"model type {profile.model_type} cannot generate text")
+        if stop:
+            params = replace(params, stop=tuple(params.stop) + tuple(stop))
+        if params.max_tokens is not None and params.max_tokens < 1:
+            raise BadRequestError(f"max_tokens {params.max_tokens} is not valid; allowed: 1 or more")
+        if params.sampling is not None:
+            params.sampling.validate()
+        in_use = ExitStack()
+        model = in_use.enter_context(self.registry.use(profile, GenerationScheduler))
+        channel: Channel[GenerationEvent] = Channel()
+        try:
+            request = model.scheduler.submit(messages, tools, params, channel)
+        except BaseException:
+            in_use.close()
+            raise
+        return _stream(channel, request, in_use)
 
-    def log_stats(self) -> None:
-        for name, snapshot in self.stats().items():
-            log.info(format_snapshot(name, snapshot))
+    def count_prompt_tokens(
+        self, profile: RuntimeProfile, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+    ) -> int:
+        """Prompt tokens with the model's own template and tokenizer, tools included (no context check)."""
+        if profile.generation is None:
+            raise BadRequestError(f"model type {profile.model_type} cannot generate text")
+        with self.registry.use(profile, GenerationScheduler) as model:
+            prompts = model.scheduler.prompts
+            return model.worker.call(lambda: len(prompts.encode(messages, tools))).result()
 
-    def close(self) -> None:
-        self.registry.close()
+
+def _stream(
+    channel: Channel[GenerationEvent], request: GenerationRequest, in_use: ExitStack
+) -> Iterator[GenerationEvent]:
+    with in_use:  # the model stays counted in use until the stream ends or is closed
+        try:
+            yield from channel
+        finally:
+            request.cancel()
 
 
 _default_engine: Engine | None = None

@@ -15,6 +15,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+from onnx.external_data_helper import uses_external_data
+
 from engine.errors import ModelLoadError, SettingError
 
 log = logging.getLogger(__name__)
@@ -106,14 +109,6 @@ def _inspect(path: Path, size: int, mtime_ns: int) -> _GraphFacts:
     """Graph facts without loading the weights; cached per (path, size, mtime) because the registry looks the
     files up on every request."""
     del size, mtime_ns  # only part of the cache key
-    try:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-    except ImportError:  # onnx is a dependency of quantize-on-load only; fall back to file names
-        guessed = tuple(
-            path.with_name(path.name + s) for s in _EXTERNAL_SUFFIXES if path.with_name(path.name + s).is_file()
-        )
-        return _GraphFacts("unknown", False, guessed)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf errors may quote the file's bytes

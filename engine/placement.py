@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.errors import SettingError
 from engine.native import allocate_lock
-from engine.profile import PlacementSettings, SessionSettings, parse_core_list
+from engine.settings.profile import PlacementSettings, SessionSettings, parse_core_list
 
 log = logging.getLogger(__name__)
 

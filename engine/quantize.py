@@ -32,8 +32,8 @@ import numpy as np
 
 from engine.errors import ModelLoadError, SettingError
 from engine.model_files import ModelFiles, external_data_files, graph_kind, is_quantized
-from engine.profile import QuantizationSettings
 from engine.quantize_cache import build_entry, cached_file_hash, resolve_cache_root
+from engine.settings.profile import QuantizationSettings
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +263,6 @@ def _quantize(
         )
 
 
-def _require_quantization_packages(method: str) -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnx_ir  # noqa: F401  (MatMulNBitsQuantizer needs it since onnxruntime 1.31)
-    except ImportError:
-        allowed = "none (quantize-on-load needs the onnx and onnx-ir packages)"
-        raise SettingError("quantization", method, allowed) from None
-
-
 def _source_hash(files: ModelFiles, root: Path) -> str:
     digest = hashlib.sha256()
     for path in (files.onnx_path, *external_data_files(files.onnx_path)):
@@ -308,7 +299,6 @@ def prepare_onnx_file(files: ModelFiles, settings: QuantizationSettings) -> Path
         return files.onnx_path
     if method not in METHODS:
         raise SettingError("quantization", method, "none, int8, int4")
-    _require_quantization_packages(method)
     source = files.onnx_path
     try:
         already = is_quantized(source)

@@ -4,98 +4,40 @@ request, unloaded after its idle time."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psutil
 
 from engine.channel import Completion
-from engine.errors import EngineClosedError
+from engine.errors import BadRequestError, EngineClosedError
 from engine.model_files import ModelFiles, directory_fingerprint, find_model_files
+from engine.model_info import ModelInfo
 from engine.native import NativeEvent, allocate_lock, monotonic, start_thread
 from engine.placement import CoreAllocator, CpuTopology, Placement
-from engine.profile import RuntimeProfile
+from engine.settings.profile import RuntimeProfile
 from engine.worker import Scheduler, Worker
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=Scheduler)
 
 
-@dataclass
-class ModelInfo:
-    """What was loaded, for validation messages, logs and statistics."""
+@dataclass(eq=False)
+class LoadedModel(Generic[S]):
+    """A handle on one loaded instance: its files, placement, worker and `scheduler` (the model family's
+    server: a MicroBatcher for encoders, a GenerationScheduler for chat models)."""
 
-    name: str
-    model_type: str
-    onnx_file: str
-    layout: str
-    size_bytes: int
-    load_seconds: float
-    threads: int
-    cores: tuple[int, ...] | None
-    context_size: int
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def for_load(
-        cls,
-        name: str,
-        profile: RuntimeProfile,
-        files: ModelFiles,
-        loaded_path: Path,
-        placement: Placement,
-        context_size: int,
-        details: dict[str, Any],
-    ) -> ModelInfo:
-        """Describe a model a builder loaded from `loaded_path` (the model's file, or its quantized copy)."""
-        directory = profile.model_dir
-        return cls(
-            name=name,
-            model_type=profile.model_type,
-            onnx_file=str(loaded_path.relative_to(directory))
-            if loaded_path.is_relative_to(directory)
-            else loaded_path.name,
-            layout=files.layout,
-            size_bytes=loaded_path.stat().st_size if loaded_path != files.onnx_path else files.size_bytes,
-            load_seconds=0.0,
-            threads=placement.threads,
-            cores=placement.cores,
-            context_size=context_size,
-            details=details,
-        )
-
-    def describe(self) -> str:
-        cores = "unpinned" if self.cores is None else "cores " + ",".join(map(str, self.cores))
-        return (
-            f"{self.onnx_file} ({self.layout} layout, {self.size_bytes / 1e6:.1f} MB) "
-            f"loaded in {self.load_seconds:.2f}s (+{self.details.get('rss_delta_mb', 0)} MB RSS), "
-            f"{self.threads} thread(s) on {cores}, context {self.context_size}"
-            + (f", logits for the {self.details['logits']}" if "logits" in self.details else "")
-        )
-
-
-@dataclass
-class LoadedModel:
     key: tuple[Any, ...]
     profile: RuntimeProfile
     files: ModelFiles
     placement: Placement
     worker: Worker
-    scheduler: Any
+    scheduler: S
     info: ModelInfo
     last_used: float = 0.0
-    active_calls: int = 0
-    registry: ModelRegistry | None = None
-
-    def begin(self) -> None:
-        """Count a call in progress, so the model is not unloaded under it (EngineClosedError if it already was)."""
-        if self.registry is not None:
-            self.registry.begin_call(self)
-
-    def end(self) -> None:
-        if self.registry is not None:
-            self.registry.end_call(self)
+    active_calls: int = 0  # calls in progress; guarded by the registry's lock
 
 
 # A builder runs on the model's worker thread (already pinned) and returns its scheduler and description.
@@ -106,9 +48,9 @@ Builder = Callable[[RuntimeProfile, ModelFiles, Placement, Callable[[], None]], 
 class _Entry:
     placement: Placement
     worker: Worker
-    model: LoadedModel | None = None
+    model: LoadedModel[Any] | None = None
     error: BaseException | None = None
-    waiters: list[Completion[LoadedModel]] = field(default_factory=list)
+    waiters: list[Completion[LoadedModel[Any]]] = field(default_factory=list)
 
 
 class ModelRegistry:
@@ -123,10 +65,10 @@ class ModelRegistry:
         # model: a thread created from a model's worker would inherit that model's CPU pinning.
         start_thread(self._reap_forever)
 
-    def get(self, profile: RuntimeProfile) -> LoadedModel:
+    def get(self, profile: RuntimeProfile) -> LoadedModel[Any]:
         """The loaded model for this profile, loading it on first use (waits, greenlet-friendly)."""
         key = (profile, directory_fingerprint(profile.model_dir))
-        waiter: Completion[LoadedModel] = Completion()
+        waiter: Completion[LoadedModel[Any]] = Completion()
         with self._lock:
             if self._closed:
                 raise EngineClosedError("the engine is shut down")
@@ -168,7 +110,7 @@ class ModelRegistry:
         info.load_seconds = monotonic() - started
         # Process-wide, so approximate when models load concurrently; still the best cheap signal of a model's cost.
         info.details["rss_delta_mb"] = round((psutil.Process().memory_info().rss - rss_before) / 1e6, 1)
-        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic(), 0, self)
+        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic())
         log.info("loaded model %s: %s", info.name, info.describe())
         with self._lock:
             entry.model = model
@@ -177,36 +119,38 @@ class ModelRegistry:
             waiter.set_result(model)
         return scheduler
 
-    def acquire(self, profile: RuntimeProfile) -> LoadedModel:
-        """The loaded model with a call counted in progress; pair with `model.end()`. Retries if the model was
-        unloaded between being found and being counted."""
+    @contextmanager
+    def use(self, profile: RuntimeProfile, kind: type[S]) -> Iterator[LoadedModel[S]]:
+        """The loaded model (loading it if needed), counted in use for the whole block so idle unload cannot
+        stop it under a call; every call of every kind goes through here. `kind` is the scheduler class the
+        caller needs (BadRequestError when the profile's model is of another kind)."""
+        model = self._begin(profile)
+        try:
+            if not isinstance(model.scheduler, kind):
+                raise BadRequestError(f"{model.info.name} is a {model.profile.model_type} model: it cannot serve this")
+            yield model
+        finally:
+            with self._lock:
+                model.active_calls -= 1
+                model.last_used = monotonic()
+
+    def _begin(self, profile: RuntimeProfile) -> LoadedModel[Any]:
+        """Find or load the model and count a call, retrying if it was unloaded between the two."""
         for _ in range(3):
             model = self.get(profile)
-            try:
-                self.begin_call(model)
-            except EngineClosedError:
-                continue
-            return model
+            with self._lock:
+                entry = self._entries.get(model.key)
+                if entry is not None and entry.model is model:
+                    model.active_calls += 1
+                    model.last_used = monotonic()
+                    return model
         raise EngineClosedError("the model was unloaded while the call started; retry")
 
-    def begin_call(self, model: LoadedModel) -> None:
-        with self._lock:
-            entry = self._entries.get(model.key)
-            if entry is None or entry.model is not model:
-                raise EngineClosedError(f"model {model.info.name} was unloaded")
-            model.active_calls += 1
-            model.last_used = monotonic()
-
-    def end_call(self, model: LoadedModel) -> None:
-        with self._lock:
-            model.active_calls -= 1
-            model.last_used = monotonic()
-
-    def loaded(self) -> list[LoadedModel]:
+    def loaded(self) -> list[LoadedModel[Any]]:
         with self._lock:
             return [entry.model for entry in self._entries.values() if entry.model is not None]
 
-    def unload(self, model: LoadedModel, reason: str) -> None:
+    def unload(self, model: LoadedModel[Any], reason: str) -> None:
         with self._lock:
             entry = self._entries.get(model.key)
             if entry is None or entry.model is not model:
@@ -214,7 +158,7 @@ class ModelRegistry:
             del self._entries[model.key]
         self._stop(model, reason)
 
-    def _stop(self, model: LoadedModel, reason: str) -> None:
+    def _stop(self, model: LoadedModel[Any], reason: str) -> None:
         log.info("unloading model %s (%s)", model.info.name, reason)
         model.worker.stop()
         model.worker.stopped.wait(30.0)
@@ -224,7 +168,7 @@ class ModelRegistry:
         """Unload models unused for their idle time. The check and the removal happen under the lock that
         counts calls, so a call cannot start on a model being unloaded."""
         now = monotonic() if now is None else now
-        idle: list[LoadedModel] = []
+        idle: list[LoadedModel[Any]] = []
         with self._lock:
             for key, entry in list(self._entries.items()):
                 model = entry.model

@@ -1,4 +1,5 @@
-"""One OS thread per loaded model, pinned to the model's cores, running the model's scheduler.
+"""The worker: a dedicated OS thread per loaded model, pinned to the model's cores, running the model's
+scheduler (encoders add a second, interactive thread of their own: engine/encoders/batching.py).
 
 The thread pins itself before it creates the ONNX Runtime session, so every pool thread ORT creates inherits
 the model's cores as well (Linux threads inherit their creator's CPU mask).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from engine.channel import Completion
 from engine.errors import EngineClosedError
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@runtime_checkable
 class Scheduler(Protocol):
     def step(self) -> float | None:
         """Do one unit of work on the worker thread. 0: did work, call again; >0: call again after that many
@@ -27,6 +29,9 @@ class Scheduler(Protocol):
 
     def close(self, error: BaseException) -> None:
         """Fail everything still queued (called once, on the worker thread, when the model unloads)."""
+
+    def snapshot(self) -> dict[str, object]:
+        """Statistics of the model (safe from any thread)."""
 
 
 class Worker:

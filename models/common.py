@@ -16,8 +16,7 @@ from dify_plugin.errors.model import (
     InvokeServerUnavailableError,
 )
 
-from engine.api import Engine, default_engine, max_chunks_for
-from engine.encoders.loader import DEFAULT_CONTEXT
+from engine.api import FALLBACK_DIMENSION, EncoderTraits, Engine, default_engine, max_chunks_for
 from engine.errors import (
     BadRequestError,
     EngineClosedError,
@@ -27,9 +26,9 @@ from engine.errors import (
     ModelLoadError,
     SettingError,
 )
-from engine.profile import RuntimeProfile, parse_profile
-from engine.registry import ModelInfo
-from engine.text.tokenizer import model_max_length, read_optional_json
+from engine.model_config import DEFAULT_CONTEXT
+from engine.model_info import ModelInfo
+from engine.settings.profile import RuntimeProfile, parse_profile
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def validate_model(credentials: dict, model_type: ModelType) -> ModelInfo:
     """Parse the settings and load the model for real; any problem becomes CredentialsValidateFailedError
     naming the field."""
     try:
-        info = engine().load(profile_for(credentials, model_type))
+        info = engine().model_info(profile_for(credentials, model_type))
     except EngineError as error:
         raise CredentialsValidateFailedError(str(error)) from None
     except Exception as error:  # unexpected: say what kind without echoing internals
@@ -73,26 +72,18 @@ def usage_for_embedding(tokens: int, latency: float) -> EmbeddingUsage:
     )
 
 
-def _declared_context(credentials: dict, profile: RuntimeProfile | None) -> int:
-    if profile is not None and profile.context_size is not None:
-        return profile.context_size
-    if profile is not None:
-        return model_max_length(profile.model_dir) or DEFAULT_CONTEXT
-    return DEFAULT_CONTEXT
-
-
 def encoder_schema(model: str, credentials: dict, model_type: ModelType) -> AIModelEntity:
     """Schema of an embedding or rerank model, from the model's config files (no load needed)."""
     try:
-        profile: RuntimeProfile | None = profile_for(credentials, model_type)
+        traits = engine().traits(profile_for(credentials, model_type))
     except EngineError:
-        profile = None  # invalid settings are reported by validation, not here
-    properties: dict[ModelPropertyKey, object] = {
-        ModelPropertyKey.CONTEXT_SIZE: _declared_context(credentials, profile)
-    }
+        traits = None  # invalid settings are reported by validation, not here
+    assert traits is None or isinstance(traits, EncoderTraits)
+    defaults = EncoderTraits(DEFAULT_CONTEXT[model_type.value], max_chunks_for(FALLBACK_DIMENSION))
+    traits = traits or defaults
+    properties: dict[ModelPropertyKey, object] = {ModelPropertyKey.CONTEXT_SIZE: traits.context_size}
     if model_type == ModelType.TEXT_EMBEDDING:
-        hidden = read_optional_json(profile.model_dir / "config.json").get("hidden_size") if profile else None
-        properties[ModelPropertyKey.MAX_CHUNKS] = max_chunks_for(hidden if isinstance(hidden, int) else 1024)
+        properties[ModelPropertyKey.MAX_CHUNKS] = traits.max_chunks or defaults.max_chunks
     return AIModelEntity(
         model=model,
         label=I18nObject(en_US=model),

@@ -10,8 +10,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from engine.encoders.runner import EncoderRunner, Tokens
-from engine.profile import EmbeddingSettings
-from engine.text.tokenizer import read_optional_json
+from engine.model_config import read_optional_json
+from engine.settings.profile import EmbeddingSettings
 
 POOLING_MODES = ("mean", "cls", "last", "max")
 

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.errors import BadRequestError
-from engine.profile import RerankSettings
+from engine.settings.profile import RerankSettings
 
 
 def scores_from_logits(logits: np.ndarray, mode: str) -> np.ndarray:

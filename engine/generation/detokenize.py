@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from engine.generation.messages import ToolCall
+from engine.text.messages import ToolCall
 
 _REPLACEMENT = "\ufffd"
 # Tokens decoded again before the new ones: enough context for decoders whose output of a token depends on

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.generation.messages import ToolCall
 from engine.generation.sampling import SamplingParams
+from engine.text.messages import ToolCall
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from engine.errors import ModelLoadError
-from engine.text.tokenizer import read_optional_json
+from engine.model_config import read_optional_json
 
 _ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _PAST_PATTERN = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")

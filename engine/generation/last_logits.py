@@ -16,7 +16,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.loading import EditedGraph
+import onnx
+from onnx import TensorProto, helper
+from onnx.external_data_helper import uses_external_data
+
+from engine.session_builder import EditedGraph
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +35,7 @@ _SLICE_NAME = "onnx_local_last_position"
 
 def last_position_graph(path: Path) -> EditedGraph | None:
     """The decoder at `path` with logits for the last position only, or None when the edit does not apply
-    (the head is not a recognised projection, the graph is too big to re-serialize, or onnx is missing)."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper
-        from onnx.external_data_helper import uses_external_data
-    except ImportError:
-        return None
+    (the head is not a recognised projection, or the graph is too big to re-serialize)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # protobuf errors may quote the file's bytes; the plain load reports the problem

@@ -6,24 +6,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.encoders.loader import session_for
-from engine.errors import ModelLoadError, SettingError
+from engine.errors import BadRequestError, ModelLoadError
 from engine.generation.kv_layout import KvLayout, read_kv_layout
 from engine.generation.last_logits import LOGITS, last_position_graph
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.sampling import SamplingParams, defaults_from_generation_config
 from engine.generation.scheduler import GenerationScheduler
-from engine.generation.settings import GenerationSettings
+from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
+from engine.model_info import ModelInfo
 from engine.placement import Placement
-from engine.profile import RuntimeProfile
-from engine.registry import ModelInfo
+from engine.session_builder import session_for
+from engine.settings.profile import GenerationSettings, RuntimeProfile
 from engine.text.chat_template import ChatTemplate
-from engine.text.tokenizer import load_tokenizer, read_optional_json
+from engine.text.tokenizer import load_tokenizer
 
-# Context when neither the profile nor the model's config gives one.
-DEFAULT_CONTEXT = 2048
 # Positions per slot of the genai layout's shared KV pool (batched decode). Longer sequences (prompt + max_tokens)
 # get buffers of their own and decode alone. Qwen2.5-0.5B: 24.6 KB per position, 50 MB per slot.
 BATCH_SLOT_CAPACITY = 2048
@@ -61,40 +59,20 @@ def eos_token_ids(directory: Path, tokenizer_eos: int | None) -> frozenset[int]:
     return frozenset({tokenizer_eos} if tokenizer_eos is not None else ())
 
 
-def model_limit(directory: Path) -> int | None:
-    config = read_optional_json(directory / "config.json")
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = config.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    genai = read_optional_json(directory / "genai_config.json").get("model", {})
-    value = genai.get("context_length") if isinstance(genai, dict) else None
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def resolve_context(profile: RuntimeProfile, directory: Path) -> int:
-    limit = model_limit(directory)
-    if profile.context_size is None:
-        return limit or DEFAULT_CONTEXT
-    if limit is not None and profile.context_size > limit:
-        raise SettingError("context_size", str(profile.context_size), f"auto or 2 to {limit} (the model's maximum)")
-    if profile.context_size < 2:
-        raise SettingError("context_size", str(profile.context_size), "auto or at least 2")
-    return profile.context_size
-
-
-def generation_settings(profile: RuntimeProfile) -> GenerationSettings:
-    return profile.generation if isinstance(profile.generation, GenerationSettings) else GenerationSettings()
+def _settings(profile: RuntimeProfile) -> GenerationSettings:
+    if profile.generation is None:
+        raise BadRequestError(f"model type {profile.model_type} cannot generate text")
+    return profile.generation
 
 
 def read_traits(profile: RuntimeProfile) -> ModelTraits:
     directory = profile.model_dir
-    settings = generation_settings(profile)
+    settings = _settings(profile)
     template = ChatTemplate.load(directory)
     generation_config = read_optional_json(directory / "generation_config.json")
     max_new = generation_config.get("max_new_tokens")
     return ModelTraits(
-        context_size=resolve_context(profile, directory),
+        context_size=resolve_context_size(profile.context_size, directory, profile.model_type),
         defaults=defaults_from_generation_config(generation_config),
         default_max_tokens=max_new if isinstance(max_new, int) and max_new > 0 else None,
         has_template=template is not None,
@@ -121,7 +99,7 @@ def build_generator(
     profile: RuntimeProfile, files: ModelFiles, placement: Placement, wake: Callable[[], None]
 ) -> tuple[GenerationScheduler, ModelInfo]:
     directory = profile.model_dir
-    settings = generation_settings(profile)
+    settings = _settings(profile)
     tokenizer = load_tokenizer(directory)
     template = ChatTemplate.load(directory)
     if settings.mode == "chat" and template is None:
@@ -130,7 +108,7 @@ def build_generator(
             f"{directory.name} has no chat template (tokenizer_config.json or chat_template.jinja); "
             "set mode to completion for a base model",
         )
-    context = resolve_context(profile, directory)
+    context = resolve_context_size(profile.context_size, directory, profile.model_type)
     session, loaded_path = session_for(profile, files, placement, last_position_graph)
     layout = read_kv_layout(session, directory, files.layout)
     runner = _runner(session, layout, files, settings, context)

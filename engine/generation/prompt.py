@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from tokenizers import Tokenizer
 
 from engine.errors import BadRequestError
-from engine.generation.messages import ChatMessage, ToolSpec
 from engine.text.chat_template import ChatTemplate, completion_prompt
+from engine.text.messages import ChatMessage, ToolSpec
 
 
 class PromptBuilder:

@@ -22,13 +22,13 @@ from engine.channel import Channel
 from engine.errors import EngineError, InferenceError
 from engine.generation.detokenize import OutputStream, TextPiece
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
-from engine.generation.messages import ChatMessage, ToolSpec
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, KvCache
 from engine.generation.sampling import Sampler, SamplingParams
-from engine.generation.settings import GenerationSettings
 from engine.metrics import GenerationMetrics
 from engine.native import allocate_lock, monotonic
+from engine.settings.profile import GenerationSettings
+from engine.text.messages import ChatMessage, ToolSpec
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engine.errors import BadRequestError, ModelLoadError
-from engine.generation.messages import ChatMessage, ToolSpec
-from engine.text.tokenizer import read_optional_json
+from engine.model_config import read_optional_json
+from engine.text.messages import ChatMessage, ToolSpec
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
 

@@ -14,8 +14,6 @@ from dify_plugin.entities.model import (
     ModelFeature,
     ModelPropertyKey,
     ModelType,
-    ParameterRule,
-    ParameterType,
 )
 from dify_plugin.entities.model.llm import LLMMode, LLMResult, LLMResultChunk, LLMResultChunkDelta, LLMUsage
 from dify_plugin.entities.model.message import (
@@ -28,26 +26,18 @@ from dify_plugin.entities.model.message import (
 from dify_plugin.errors.model import InvokeError
 
 from engine.errors import EngineError
-from engine.generation.api import count_prompt_tokens, generate, model_traits
 from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
 from engine.generation.loader import ModelTraits
-from engine.generation.messages import ChatMessage, ContentPart, ToolCall, ToolSpec
 from engine.generation.sampling import SamplingParams
+from engine.model_config import DEFAULT_CONTEXT
+from engine.text.messages import ChatMessage, ContentPart, ToolCall, ToolSpec
 from models.common import INVOKE_ERROR_MAPPING, engine, profile_for, validate_model
+from models.llm.parameters import SAMPLING_PARAMETERS, parameter_rules
 
 # Dify's role names → the roles chat templates know (OpenAI's "developer" is a system message).
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 DEFAULT_MAX_TOKENS = 512
-SAMPLING_PARAMETERS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "presence_penalty",
-    "frequency_penalty",
-    "repetition_penalty",
-    "seed",
-)
+FALLBACK_CONTEXT = DEFAULT_CONTEXT["llm"]  # schema of a model whose settings are invalid
 
 
 def to_engine_messages(prompt_messages: Sequence[PromptMessage]) -> list[ChatMessage]:
@@ -128,8 +118,7 @@ class OnnxLocalLargeLanguageModel(LargeLanguageModel):
         user: str | None = None,
     ) -> LLMResult | Generator[LLMResultChunk, None, None]:
         profile = profile_for(credentials, ModelType.LLM)
-        events = generate(
-            engine(),
+        events = engine().generate(
             profile,
             to_engine_messages(prompt_messages),
             to_params(model_parameters, stop),
@@ -188,117 +177,30 @@ class OnnxLocalLargeLanguageModel(LargeLanguageModel):
         tools: list[PromptMessageTool] | None = None,
     ) -> int:
         profile = profile_for(credentials, ModelType.LLM)
-        return count_prompt_tokens(engine(), profile, to_engine_messages(prompt_messages), to_engine_tools(tools))
+        return engine().count_prompt_tokens(profile, to_engine_messages(prompt_messages), to_engine_tools(tools))
 
     def validate_credentials(self, model: str, credentials: dict) -> None:
         validate_model(credentials, ModelType.LLM)
 
     def get_customizable_model_schema(self, model: str, credentials: dict) -> AIModelEntity:
         try:
-            traits: ModelTraits | None = model_traits(profile_for(credentials, ModelType.LLM))
+            traits = engine().traits(profile_for(credentials, ModelType.LLM))
         except EngineError:
             traits = None  # invalid settings are reported by validation; still describe the model
-        return llm_schema(model, traits)
+        return llm_schema(model, traits if isinstance(traits, ModelTraits) else None)
 
     @property
     def _invoke_error_mapping(self) -> dict[type[InvokeError], list[type[Exception]]]:
         return INVOKE_ERROR_MAPPING
 
 
-def _rule(
-    name: str,
-    kind: ParameterType,
-    label: str,
-    help_text: str,
-    default: object,
-    low: float | None,
-    high: float | None,
-    precision: int | None = None,
-) -> ParameterRule:
-    return ParameterRule(
-        name=name,
-        label=I18nObject(en_US=label),
-        type=kind,
-        help=I18nObject(en_US=help_text),
-        required=False,
-        default=default,
-        min=low,
-        max=high,
-        precision=precision,
-    )
-
-
 def llm_schema(model: str, traits: ModelTraits | None) -> AIModelEntity:
-    context = traits.context_size if traits else 2048
-    d = traits.defaults if traits else SamplingParams(temperature=0.7)
+    context = traits.context_size if traits else FALLBACK_CONTEXT
+    defaults = traits.defaults if traits else SamplingParams(temperature=0.7)
     max_default = min(
         context, (traits.default_max_tokens if traits and traits.default_max_tokens else DEFAULT_MAX_TOKENS)
     )
-    F, I = ParameterType.FLOAT, ParameterType.INT  # noqa: E741
-    rules = [
-        _rule(
-            "temperature",
-            F,
-            "Temperature",
-            "Randomness; 0 always picks the most likely token.",
-            d.temperature,
-            0.0,
-            2.0,
-            2,
-        ),
-        _rule(
-            "top_p",
-            F,
-            "Top P",
-            "Sample from the smallest set of tokens whose probability reaches P.",
-            d.top_p,
-            0.01,
-            1.0,
-            2,
-        ),
-        _rule("top_k", I, "Top K", "Sample from the K most likely tokens; 0 turns it off.", d.top_k, 0, 1000),
-        _rule("min_p", F, "Min P", "Drop tokens less likely than this fraction of the best one.", d.min_p, 0.0, 1.0, 2),
-        _rule(
-            "presence_penalty",
-            F,
-            "Presence penalty",
-            "Penalise tokens already generated (once).",
-            d.presence_penalty,
-            -2.0,
-            2.0,
-            2,
-        ),
-        _rule(
-            "frequency_penalty",
-            F,
-            "Frequency penalty",
-            "Penalise tokens by how often they were generated.",
-            d.frequency_penalty,
-            -2.0,
-            2.0,
-            2,
-        ),
-        _rule(
-            "repetition_penalty",
-            F,
-            "Repetition penalty",
-            "Divide the scores of tokens seen in the prompt or output (1: off).",
-            d.repetition_penalty,
-            0.5,
-            2.0,
-            2,
-        ),
-        _rule("seed", I, "Seed", "Same seed and parameters give the same answer.", None, 0, 2**31 - 1),
-        _rule(
-            "max_tokens",
-            I,
-            "Max tokens",
-            "Most tokens to generate (bounded by the context window).",
-            max_default,
-            1,
-            context,
-        ),
-    ]
+    rules = parameter_rules(defaults, max_default, context)
     features = []
     if traits is not None and traits.accepts_tools:
         features = [ModelFeature.TOOL_CALL, ModelFeature.MULTI_TOOL_CALL, ModelFeature.STREAM_TOOL_CALL]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from engine.api import Engine
-from engine.batching import BULK, INTERACTIVE, select_batch
+from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher, select_batch
 from engine.encoders.runner import Tokens
 from engine.errors import EngineClosedError, InferenceError, ModelBusyError
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.conftest import ROOTS, settings
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
@@ -26,7 +26,7 @@ def texts(count: int, seed: int = 0) -> list[str]:
 
 def embedder(engine: Engine, **values: str):
     profile = parse_profile(settings("tiny-bert-embedder", **values), "text-embedding", roots=ROOTS)
-    return profile, engine.model(profile).scheduler
+    return profile, engine.registry.get(profile).scheduler
 
 
 def one_by_one(engine: Engine, inputs: list[str]) -> np.ndarray:
@@ -155,7 +155,7 @@ def test_a_huge_call_does_not_starve_a_later_one(engine: Engine) -> None:
 
 def test_unloading_fails_queued_calls_instead_of_leaving_them_waiting(engine: Engine) -> None:
     profile, batcher = embedder(engine, max_batch_size="1", batch_window_ms="0")
-    model = engine.model(profile)
+    model = engine.registry.get(profile)
     queued = batcher.submit(texts(400, seed=8), "document", BULK)
     engine.registry.unload(model, "test")
     with pytest.raises(EngineClosedError):
@@ -167,12 +167,9 @@ def test_unloading_fails_queued_calls_instead_of_leaving_them_waiting(engine: En
 
 def test_idle_unload_skips_models_with_calls_in_progress(engine: Engine) -> None:
     profile, _ = embedder(engine, idle_unload_minutes="0.001")
-    model = engine.acquire(profile)
-    try:
+    with engine.registry.use(profile, MicroBatcher) as model:
         engine.registry.unload_idle(now=model.last_used + 60)
         assert engine.registry.loaded() == [model]
-    finally:
-        model.end()
     engine.registry.unload_idle(now=model.last_used + 60)
     assert engine.registry.loaded() == []
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import BadRequestError, ModelLoadError
-from engine.generation.messages import ChatMessage, ContentPart, ToolCall, ToolSpec
 from engine.text.chat_template import ChatTemplate, TemplateError, completion_prompt
+from engine.text.messages import ChatMessage, ContentPart, ToolCall, ToolSpec
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-qwen2-decoder"
 EXPECTED = json.loads((FIXTURE / "expected_greedy.json").read_text(encoding="utf-8"))

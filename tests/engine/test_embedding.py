@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from engine.api import Engine
 from engine.errors import ModelLoadError, SettingError
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.conftest import FIXTURES, ROOTS, settings
 
 EMBEDDER = FIXTURES / "tiny-bert-embedder"
@@ -58,7 +58,7 @@ def test_matches_reference(engine: Engine, pooling: str, normalize: bool) -> Non
 def test_auto_pooling_reads_sentence_transformers_config(engine: Engine) -> None:
     auto = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
     mean = parse_profile(settings("tiny-bert-embedder", pooling="mean"), "text-embedding", roots=ROOTS)
-    assert engine.load(auto).details["pooling"] == "mean"
+    assert engine.model_info(auto).details["pooling"] == "mean"
     np.testing.assert_allclose(engine.embed(auto, TEXTS).vectors, engine.embed(mean, TEXTS).vectors, atol=1e-6)
 
 
@@ -93,14 +93,14 @@ def test_one_instance_per_profile(engine: Engine) -> None:
     first = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
     again = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
     other = parse_profile(settings("tiny-bert-embedder", normalize="false"), "text-embedding", roots=ROOTS)
-    assert engine.model(first) is engine.model(again)
-    assert engine.model(first) is not engine.model(other)
+    assert engine.registry.get(first) is engine.registry.get(again)
+    assert engine.registry.get(first) is not engine.registry.get(other)
     assert len(engine.registry.loaded()) == 2
 
 
 def test_idle_model_is_unloaded(engine: Engine) -> None:
     profile = parse_profile(settings("tiny-bert-embedder", idle_unload_minutes="0.001"), "text-embedding", roots=ROOTS)
-    model = engine.model(profile)
+    model = engine.registry.get(profile)
     engine.registry.unload_idle(now=model.last_used + 1.0)
     assert engine.registry.loaded() == []
     assert model.worker.stopped.is_set()
@@ -110,7 +110,7 @@ def test_idle_model_is_unloaded(engine: Engine) -> None:
 def test_context_larger_than_the_model_supports(engine: Engine) -> None:
     profile = parse_profile(settings("tiny-bert-embedder", context_size="100000"), "text-embedding", roots=ROOTS)
     with pytest.raises(SettingError, match="^context_size:.*auto or 1 to"):
-        engine.load(profile)
+        engine.model_info(profile)
 
 
 class TestBrokenModelDirectories:
@@ -126,7 +126,7 @@ class TestBrokenModelDirectories:
     def test_no_onnx_file(self, engine: Engine, tmp_path) -> None:
         profile = self.make(tmp_path, {"tokenizer.json": (EMBEDDER / "tokenizer.json").read_bytes()})
         with pytest.raises(ModelLoadError, match="^model_path: no .onnx file"):
-            engine.load(profile)
+            engine.model_info(profile)
 
     def test_corrupt_onnx(self, engine: Engine, tmp_path) -> None:
         secret = b"SECRET-CONTENT-" * 20
@@ -136,7 +136,7 @@ class TestBrokenModelDirectories:
         with pytest.raises(
             ModelLoadError, match="^model_path: model.onnx (could not be loaded|is not a valid ONNX model)"
         ) as caught:
-            engine.load(profile)
+            engine.model_info(profile)
         assert "SECRET" not in str(caught.value)
 
     def test_tokenizer_that_does_not_load(self, engine: Engine, tmp_path) -> None:
@@ -145,13 +145,13 @@ class TestBrokenModelDirectories:
             {"model.onnx": (EMBEDDER / "model.onnx").read_bytes(), "tokenizer.json": b'{"SECRET": [1, 2'},
         )
         with pytest.raises(ModelLoadError, match="^model_path: tokenizer.json .* not a valid") as caught:
-            engine.load(profile)
+            engine.model_info(profile)
         assert "SECRET" not in str(caught.value)
 
     def test_missing_tokenizer(self, engine: Engine, tmp_path) -> None:
         profile = self.make(tmp_path, {"model.onnx": (EMBEDDER / "model.onnx").read_bytes()})
         with pytest.raises(ModelLoadError, match="^model_path: no tokenizer.json"):
-            engine.load(profile)
+            engine.model_info(profile)
 
     def test_corrupt_config_json(self, engine: Engine, tmp_path) -> None:
         profile = self.make(
@@ -163,12 +163,12 @@ class TestBrokenModelDirectories:
             },
         )
         with pytest.raises(ModelLoadError, match="^model_path: config.json .* not valid JSON") as caught:
-            engine.load(profile)
+            engine.model_info(profile)
         assert "SECRET" not in str(caught.value)
 
     def test_failed_load_can_be_retried(self, engine: Engine, tmp_path) -> None:
         profile = self.make(tmp_path, {"tokenizer.json": (EMBEDDER / "tokenizer.json").read_bytes()})
         with pytest.raises(ModelLoadError):
-            engine.load(profile)
+            engine.model_info(profile)
         (tmp_path / "broken" / "model.onnx").write_bytes((EMBEDDER / "model.onnx").read_bytes())
-        assert engine.load(profile).details["dimension"] > 0
+        assert engine.model_info(profile).details["dimension"] > 0

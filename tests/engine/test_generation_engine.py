@@ -16,11 +16,11 @@ import pytest
 
 from engine.api import Engine
 from engine.errors import BadRequestError
-from engine.generation.api import count_prompt_tokens, generate, model_traits
 from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
-from engine.generation.messages import ChatMessage, ToolCall, ToolSpec
+from engine.generation.loader import ModelTraits
 from engine.generation.sampling import SamplingParams
-from engine.profile import RuntimeProfile, parse_profile
+from engine.settings.profile import RuntimeProfile, parse_profile
+from engine.text.messages import ChatMessage, ToolCall, ToolSpec
 
 ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
 OPTIMUM = "tiny-qwen2-decoder"
@@ -53,7 +53,7 @@ def tools_of(case: dict[str, Any]) -> list[ToolSpec]:
 def run(
     engine: Engine, prof: RuntimeProfile, messages: list[ChatMessage], params: GenerationParams = GREEDY, **kw: Any
 ) -> tuple[list[Any], Finished]:
-    events = list(generate(engine, prof, messages, params, **kw))
+    events = list(engine.generate(prof, messages, params, **kw))
     finished = events[-1]
     assert isinstance(finished, Finished)
     assert not any(isinstance(e, Finished) for e in events[:-1])
@@ -77,7 +77,7 @@ def test_greedy_ids_match_hugging_face_generate(engine: Engine, layout: str, nam
     case = CASES[name]
     prof = profile(layout)
     msgs, tools = messages_of(case), tools_of(case)
-    prompts = engine.model(prof).scheduler.prompts
+    prompts = engine.registry.get(prof).scheduler.prompts
     assert prompts.encode(msgs, tools) == case["input_ids"]  # our template + tokenizer = transformers'
     _, finished = run(engine, prof, msgs, tools=tools)
     assert list(finished.output_ids) == case["output_ids"]
@@ -101,7 +101,7 @@ def test_prompt_longer_than_a_prefill_chunk_still_matches(engine: Engine, layout
 def test_streamed_text_is_the_decoded_output(engine: Engine) -> None:
     case = CASES["stops_at_eos"]
     events, finished = run(engine, profile(), messages_of(case))
-    tokenizer = engine.model(profile()).scheduler.tokenizer
+    tokenizer = engine.registry.get(profile()).scheduler.tokenizer
     assert text_of(events) == tokenizer.decode(case["output_ids"], skip_special_tokens=True)
     assert finished.finish_reason == "stop" and finished.time_to_first_token > 0
     assert all(e.text for e in events)  # no empty deltas
@@ -137,7 +137,7 @@ def test_max_tokens_ends_with_length(engine: Engine) -> None:
 def test_stop_sequence_split_across_tokens_is_caught_and_not_emitted(engine: Engine, layout: str) -> None:
     case = CASES["system_user"]
     prof = profile(layout)
-    tokenizer = engine.model(prof).scheduler.tokenizer
+    tokenizer = engine.registry.get(prof).scheduler.tokenizer
     ids = case["output_ids"]
     # A stop string made of the end of token 5 and the start of token 6: it completes only with token 6.
     left, right = tokenizer.decode(ids[:6]), tokenizer.decode(ids[:7])
@@ -171,11 +171,11 @@ def test_truncate_oldest_drops_old_turns_until_the_prompt_fits(engine: Engine) -
         ChatMessage("user", "Hello! What can you do?"),
     ]
     prof = profile(context_size="60", prompt_overflow="truncate_oldest")
-    assert count_prompt_tokens(engine, prof, turns) > 60
+    assert engine.count_prompt_tokens(prof, turns) > 60
     _, finished = run(engine, prof, turns, GenerationParams(max_tokens=3))
     assert finished.prompt_tokens < 60
     short = [turns[0], turns[3]]
-    assert finished.prompt_tokens == count_prompt_tokens(engine, prof, short)
+    assert finished.prompt_tokens == engine.count_prompt_tokens(prof, short)
 
 
 def test_max_generation_seconds_ends_with_length_and_a_warning(engine: Engine, caplog) -> None:
@@ -194,7 +194,7 @@ def test_concurrent_requests_all_complete_with_their_own_output(engine: Engine, 
     seen_progress: list[int] = []
 
     def worker(index: int) -> None:
-        events = list(generate(engine, prof, messages_of(CASES[names[index]]), GREEDY))
+        events = list(engine.generate(prof, messages_of(CASES[names[index]]), GREEDY))
         seen_progress.append(index)
         results[index] = events[-1]
 
@@ -219,7 +219,7 @@ def test_tool_call_blocks_become_tool_calls(engine: Engine) -> None:
 
 
 def test_images_are_refused_as_a_bad_request(engine: Engine) -> None:
-    from engine.generation.messages import ContentPart
+    from engine.text.messages import ContentPart
 
     msgs = [ChatMessage("user", (ContentPart("text", "what is this?"), ContentPart("image")))]
     with pytest.raises(BadRequestError, match="image content is not supported"):
@@ -230,7 +230,8 @@ def test_completion_mode_and_traits(engine: Engine) -> None:
     prof = profile(mode="completion")
     _, finished = run(engine, prof, [ChatMessage("user", "Once upon a time")], GenerationParams(max_tokens=4))
     assert finished.completion_tokens == 4
-    traits = model_traits(profile())
+    traits = engine.traits(profile())
+    assert isinstance(traits, ModelTraits)
     assert traits.context_size == 512 and traits.accepts_tools and traits.defaults.greedy
     assert traits.default_max_tokens == 256
 
@@ -239,8 +240,8 @@ def test_closing_the_stream_early_cancels_the_sequence(engine: Engine) -> None:
     import time
 
     prof = profile(max_concurrent_sequences="1")
-    scheduler = engine.model(prof).scheduler
-    stream = generate(engine, prof, messages_of(CASES["user_only"]), GenerationParams(max_tokens=480))
+    scheduler = engine.registry.get(prof).scheduler
+    stream = engine.generate(prof, messages_of(CASES["user_only"]), GenerationParams(max_tokens=480))
     first = next(stream)
     assert isinstance(first, TextDelta)
     request = scheduler._active[0].request  # still generating: 480 tokens take far longer than one

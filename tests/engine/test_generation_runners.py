@@ -12,12 +12,12 @@ from onnx import TensorProto, helper
 from engine.channel import Channel
 from engine.generation.events import Finished, GenerationEvent, GenerationParams
 from engine.generation.loader import build_generator
-from engine.generation.messages import ChatMessage
 from engine.generation.runners import OptimumRunner
 from engine.generation.sampling import SamplingParams
 from engine.model_files import find_model_files
 from engine.placement import Placement
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
+from engine.text.messages import ChatMessage
 
 ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
 SOURCE = ROOT / "tiny-qwen2-decoder"

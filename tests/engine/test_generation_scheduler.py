@@ -13,12 +13,12 @@ from engine.channel import Channel
 from engine.errors import ModelLoadError
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta
 from engine.generation.loader import build_generator
-from engine.generation.messages import ChatMessage
 from engine.generation.sampling import SamplingParams
 from engine.generation.scheduler import GenerationScheduler
 from engine.model_files import find_model_files
 from engine.placement import Placement
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
+from engine.text.messages import ChatMessage
 
 ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
 GREEDY = GenerationParams(SamplingParams(temperature=0.0), max_tokens=16)
@@ -200,12 +200,11 @@ def test_every_concurrent_sequence_gets_a_batch_slot() -> None:
 
 def test_finished_requests_are_counted_in_the_model_statistics() -> None:
     from engine.api import Engine
-    from engine.generation.api import generate
     from engine.generation.events import GenerationParams
-    from engine.generation.messages import ChatMessage
     from engine.generation.sampling import SamplingParams
     from engine.metrics import format_snapshot
-    from engine.profile import parse_profile
+    from engine.settings.profile import parse_profile
+    from engine.text.messages import ChatMessage
     from tests.conftest import ROOTS, settings
 
     engine = Engine()
@@ -213,7 +212,7 @@ def test_finished_requests_are_counted_in_the_model_statistics() -> None:
         profile = parse_profile(settings("tiny-qwen2-decoder"), "llm", roots=ROOTS)
         params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=5)
         for _ in range(2):
-            list(generate(engine, profile, [ChatMessage("user", "hello")], params))
+            list(engine.generate(profile, [ChatMessage("user", "hello")], params))
         (snapshot,) = engine.stats().values()
         generation = snapshot["generation"]
         assert generation["ttft_ms"]["count"] == 2 and generation["completion_tokens"]["max"] <= 5

@@ -17,7 +17,7 @@ from engine.generation.loader import build_generator
 from engine.generation.runners import GenaiRunner, OptimumRunner
 from engine.model_files import find_model_files
 from engine.placement import Placement
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 
 ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 64, 8]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.conftest import ROOTS
 
 CPUS = sorted(os.sched_getaffinity(0))
@@ -45,7 +45,7 @@ def profile_for(threads: str, affinity: str, normalize: str = "true"):
 def model_threads(engine: Engine, profile) -> tuple[set[int], list[int]]:
     """(new threads created by loading the model, the worker's own tid)."""
     before = tids()
-    model = engine.model(profile)
+    model = engine.registry.get(profile)
     created = tids() - before
     texts = [f"sentence number {i} " * 40 for i in range(64)]
     for _ in range(3):

@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import SettingError
 from engine.placement import CoreAllocator, CpuTopology, thread_affinity_string
-from engine.profile import PlacementSettings, SessionSettings
+from engine.settings.profile import PlacementSettings, SessionSettings
 
 
 def fake_sysfs(

@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import SettingError
 from engine.paths import MODEL_ROOTS_ENV, model_roots, resolve_model_dir
-from engine.profile import parse_core_list, parse_profile
+from engine.settings.profile import parse_core_list, parse_profile
 
 
 @pytest.fixture()

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engine.errors import ModelLoadError, SettingError
 from engine.model_files import ModelFiles, find_model_files
-from engine.profile import QuantizationSettings
 from engine.quantize import cache_entry, prepare_onnx_file
 from engine.quantize_cache import MANIFEST, entry_lock
+from engine.settings.profile import QuantizationSettings
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "models"
@@ -201,7 +201,7 @@ import logging, sys
 from pathlib import Path
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
 from engine.model_files import find_model_files
-from engine.profile import QuantizationSettings
+from engine.settings.profile import QuantizationSettings
 from engine.quantize import cache_entry, prepare_onnx_file
 path = prepare_onnx_file(find_model_files(Path(sys.argv[1])), QuantizationSettings("int4"))
 sys.stderr.write("RESULT " + str(path) + "\\n")

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from engine.api import Engine
 from engine.errors import BadRequestError
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.conftest import FIXTURES, ROOTS, settings
 
 QUERY = "parse a configuration file"
@@ -85,7 +85,7 @@ def test_top_n_threshold_and_zero_means_unset(engine: Engine) -> None:
 
 def test_document_is_truncated_never_the_query(engine: Engine) -> None:
     profile = rerank_profile(context_size="24")
-    model = engine.model(profile)
+    model = engine.registry.get(profile)
     tokenizer = Tokenizer.from_file(str(FIXTURES / "tiny-cross-encoder" / "tokenizer.json"))
     query_ids = tokenizer.encode(QUERY, add_special_tokens=False).ids
     (pair,) = model.scheduler.task.tokenize([(QUERY, DOCS[3])], "pair")

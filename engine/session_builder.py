@@ -1,16 +1,20 @@
-"""Build an ONNX Runtime session from a runtime profile and a placement."""
+"""Build a model's ONNX Runtime session from its profile and placement: quantize-on-load first when asked, the
+session options (threads, spinning, affinity, optimization level), then an in-memory graph edit if given."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
 
 from engine.errors import ModelLoadError
+from engine.model_files import ModelFiles
 from engine.placement import Placement, thread_affinity_string
-from engine.profile import SessionSettings
+from engine.quantize import prepare_onnx_file
+from engine.settings.profile import RuntimeProfile, SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +76,22 @@ def create_session(path: Path, options: ort.SessionOptions, model_bytes: bytes |
             "model_path",
             f"{path.name} could not be loaded by ONNX Runtime {ort.__version__} ({kind}); is it a valid ONNX model?",
         ) from None
+
+
+GraphEdit = Callable[[Path], EditedGraph | None]
+
+
+def session_for(
+    profile: RuntimeProfile, files: ModelFiles, placement: Placement, edit: GraphEdit | None = None
+) -> tuple[ort.InferenceSession, Path]:
+    """The ONNX Runtime session of a profile, quantizing the file first when the profile asks for it, then
+    loading `edit`'s in-memory copy of the graph when it gives one. Returns the session and the file it loaded."""
+    path = files.onnx_path
+    if profile.quantization.method != "none":
+        path = prepare_onnx_file(files, profile.quantization)
+    options = build_session_options(profile.session, placement)
+    edited = edit(path) if edit is not None else None
+    if edited is None:
+        return create_session(path, options), path
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(edited.folder))
+    return create_session(path, options, edited.model_bytes), path

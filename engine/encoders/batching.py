@@ -24,7 +24,7 @@ from engine.encoders.runner import Tokens
 from engine.errors import BadRequestError, EngineError, InferenceError, ModelBusyError
 from engine.metrics import ModelMetrics, format_snapshot
 from engine.native import NativeEvent, allocate_lock, monotonic, native_thread_id, start_thread
-from engine.profile import BatchingSettings
+from engine.settings.profile import BatchingSettings
 
 log = logging.getLogger(__name__)
 
