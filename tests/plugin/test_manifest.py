@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from engine.settings.profile import parse_profile
+from engine.settings.table import CALL, INSTANCE, SETTINGS, Setting
 from scripts.manifest_check import (
     LANGUAGES,
     PLUGIN_TAGS,
@@ -336,3 +338,54 @@ def test_sdk_configuration_classes_parse_them() -> None:
     assert [f[:5] for f in loaded["fields"]] == [list(f) for f in EXPECTED_FIELDS]
     assert [f[0] for f in loaded["fields"] if f[5]] == ["model_path"]
     assert loaded["python"]["provider_source"] == "provider/onnx_local.py"
+
+
+# ---- the engine's settings table and the form agree ---------------------------------------------------------------
+
+FORM_TYPES = {"choice": "select", "boolean": "radio"}
+
+
+def table_field(setting: Setting) -> tuple[str, str, str | None, list[str], list[dict[str, str]]]:
+    show_on = [{"variable": variable, "value": value} for variable, value in setting.show_on]
+    if len(setting.model_types) == 1:  # Dify's show_on cannot say "one of several types": shown for all then
+        show_on.append({"variable": "__model_type", "value": setting.model_types[0]})
+    return (setting.name, FORM_TYPES.get(setting.kind, "text-input"), setting.default, list(setting.options), show_on)
+
+
+def yaml_field(field: dict[str, Any]) -> tuple[str, str, str | None, list[str], list[dict[str, str]]]:
+    default = field.get("default")
+    return (
+        field["variable"],
+        field["type"],
+        None if default is None else str(default),
+        [str(option["value"]) for option in field.get("options", [])],
+        [{"variable": c["variable"], "value": str(c["value"])} for c in field.get("show_on", [])],
+    )
+
+
+def test_settings_table_matches_the_form(provider: dict[str, Any]) -> None:
+    assert [yaml_field(f) for f in fields_of(provider)] == [table_field(s) for s in SETTINGS]
+    assert [f.get("required", False) for f in fields_of(provider)] == [s.default is None for s in SETTINGS]
+
+
+def test_the_table_comparison_catches_a_changed_default(provider: dict[str, Any]) -> None:
+    changed = copy.deepcopy(provider)
+    next(f for f in fields_of(changed) if f["variable"] == "max_batch_size")["default"] = "32"
+    assert [yaml_field(f) for f in fields_of(changed)] != [table_field(s) for s in SETTINGS]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_default_parses_and_every_setting_has_a_scope(setting: Setting) -> None:
+    assert setting.scope in (INSTANCE, CALL)
+    if setting.default is not None:
+        setting.parse(setting.default)
+
+
+@pytest.mark.parametrize("model_type", ["text-embedding", "rerank", "llm"])
+def test_empty_form_equals_the_table_defaults_typed_in(model_type: str, tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    roots = (tmp_path.resolve(),)
+    typed = {s.name: s.default for s in SETTINGS if s.default is not None and s.applies_to(model_type)}
+    assert parse_profile({"model_path": "m"}, model_type, roots) == parse_profile(
+        {**typed, "model_path": "m"}, model_type, roots
+    )
