@@ -8,12 +8,9 @@ stream ends), so idle unload never stops a model under a call.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-
-import numpy as np
 
 from engine.channel import Channel
 from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher
@@ -202,9 +199,3 @@ def default_engine() -> Engine:
         if _default_engine is None:
             _default_engine = Engine()
         return _default_engine
-
-
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    va, vb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    denominator = float(np.linalg.norm(va) * np.linalg.norm(vb))
-    return float(va @ vb) / denominator if denominator and not math.isnan(denominator) else 0.0

@@ -34,7 +34,6 @@ _RANKS: tuple[tuple[re.Pattern[str], int], ...] = (
 _FP32_RANK = 3
 # Legacy Optimum decoders: the merged file replaces the pair without/with past.
 _UNMERGED = re.compile(r"^decoder_(with_past_)?model(?!_merged)")
-_EXTERNAL_SUFFIXES = ("_data", ".data", ".onnx_data", ".onnx.data")
 
 
 @dataclass(frozen=True)
@@ -45,11 +44,6 @@ class ModelFiles:
     size_bytes: int  # graph plus its external data
     kind: str = "unknown"  # "decoder" (has a KV cache) | "encoder" | "unknown" (graph not inspected)
     external_data: tuple[Path, ...] = field(default=())
-
-    @property
-    def fingerprint(self) -> tuple[str, int, int]:
-        stat = self.onnx_path.stat()
-        return (str(self.onnx_path), stat.st_size, stat.st_mtime_ns)
 
 
 def directory_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:

@@ -45,7 +45,6 @@ class Worker:
         self._wake = NativeEvent()
         self._jobs: collections.deque[tuple[Callable[[], Any], Completion[Any]]] = collections.deque()
         self._stopping = False
-        self._scheduler: Scheduler | None = None
         self.stopped = NativeEvent()
 
     def start(self, build: Callable[[], Scheduler]) -> None:
@@ -76,7 +75,6 @@ class Worker:
         except BaseException:  # build() has reported the error to the callers waiting for the load
             self.stopped.set()
             return
-        self._scheduler = scheduler
         try:
             self._loop(scheduler)
         except BaseException:

@@ -13,8 +13,6 @@ from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_config import read_optional_json
 from engine.settings.profile import EmbeddingSettings
 
-POOLING_MODES = ("mean", "cls", "last", "max")
-
 
 def pooling_from_sentence_transformers(directory: Path) -> str | None:
     """The pooling a sentence-transformers model was trained with, from modules.json → Pooling config."""

@@ -32,9 +32,6 @@ class KvLayout:
     vocab_size: int
     max_positions: int | None  # the model's own limit (config), before the profile's context_size
 
-    def bytes_per_token(self) -> int:
-        return self.layers * 2 * self.kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
-
 
 def _int(config: dict[str, Any], *keys: str) -> int | None:
     for key in keys:

@@ -34,7 +34,6 @@ class ModelTraits:
     context_size: int
     defaults: SamplingParams
     default_max_tokens: int | None
-    has_template: bool
     accepts_tools: bool
     mode: str
 
@@ -75,7 +74,6 @@ def read_traits(profile: RuntimeProfile) -> ModelTraits:
         context_size=resolve_context_size(profile.context_size, directory, profile.model_type),
         defaults=defaults_from_generation_config(generation_config),
         default_max_tokens=max_new if isinstance(max_new, int) and max_new > 0 else None,
-        has_template=template is not None,
         accepts_tools=settings.mode == "chat" and template is not None and template.accepts_tools,
         mode=settings.mode,
     )

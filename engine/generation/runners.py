@@ -78,7 +78,7 @@ class OptimumRunner:
             )
         empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
         self._empty = ort.OrtValue.ortvalue_from_numpy(empty)
-        self._empty_buffer = empty
+        self._empty_buffer = empty  # the OrtValue wraps this memory without copying it: keep it alive
 
     def new_cache(self, capacity: int) -> KvCache:
         return KvCache(capacity, 0, [(self._empty, self._empty)] * self.layout.layers)
