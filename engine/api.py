@@ -92,7 +92,25 @@ class Engine:
         return EncoderTraits(context, max_chunks)
 
     def stats(self) -> dict[str, dict[str, object]]:
-        return {model.info.name: model.scheduler.snapshot() for model in self.registry.loaded()}
+        """Per loaded model: its scheduler's figures and its placement now (cores, threads, spinning)."""
+        placement = self.registry.allocator.governor.snapshot()["models"]
+        stats = {}
+        for model in self.registry.loaded():
+            snapshot = model.scheduler.snapshot()
+            lease = placement.get(model.info.name, {})  # type: ignore[union-attr]
+            snapshot["placement"] = {
+                "cores": lease.get("cores", list(model.placement.cores or [])),
+                "threads": model.placement.threads,
+                "spin": model.info.details.get("spin", False),
+                "adaptive": model.placement.adaptive,
+                "busy": lease.get("busy", False),
+            }
+            stats[model.info.name] = snapshot
+        return stats
+
+    def placement(self) -> dict[str, object]:
+        """The governor's view: every placed model's cores now, and the recent re-placements with their reasons."""
+        return self.registry.allocator.governor.snapshot()
 
     def log_stats(self) -> None:
         for name, snapshot in self.stats().items():

@@ -106,7 +106,17 @@ class GenerationMetrics:
 
 
 def format_snapshot(name: str, snapshot: dict[str, object]) -> str:
-    """One log line per model: stage p50/p99 and batch shape (encoders), or TTFT and decode speed (LLMs)."""
+    """One log line per model: stage p50/p99 and batch shape (encoders), or TTFT and decode speed (LLMs), and
+    where it computes."""
+    placement = snapshot.get("placement")
+    where = ""
+    if isinstance(placement, dict):
+        cores = ",".join(map(str, placement["cores"])) or "unpinned"
+        where = f", cores {cores} ({placement['threads']} threads, {'spin' if placement['spin'] else 'no spin'})"
+    return _format_figures(name, snapshot) + where
+
+
+def _format_figures(name: str, snapshot: dict[str, object]) -> str:
     generation = snapshot.get("generation")
     if isinstance(generation, dict):
         ttft, rate = generation["ttft_ms"], generation["decode_tokens_per_s"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.model_files import ModelFiles
-from engine.placement import Placement
+from engine.placement import Placement, spinning_enabled
 from engine.settings.profile import RuntimeProfile
 
 
@@ -52,14 +52,17 @@ class ModelInfo:
             threads=placement.threads,
             cores=placement.cores,
             context_size=context_size,
-            details=details,
+            details={**details, "spin": spinning_enabled(profile.session, placement), "adaptive": placement.adaptive},
         )
 
     def describe(self) -> str:
         cores = "unpinned" if self.cores is None else "cores " + ",".join(map(str, self.cores))
+        if self.details.get("adaptive"):
+            cores = f"{cores} for now (adaptive: its share follows which models are busy)"
+        spin = "spinning" if self.details.get("spin") else "no spinning"
         return (
             f"{self.onnx_file} ({self.layout} layout, {self.size_bytes / 1e6:.1f} MB) "
             f"loaded in {self.load_seconds:.2f}s (+{self.details.get('rss_delta_mb', 0)} MB RSS), "
-            f"{self.threads} thread(s) on {cores}, context {self.context_size}"
+            f"{self.threads} thread(s) on {cores}, {spin}, context {self.context_size}"
             + (f", logits for the {self.details['logits']}" if "logits" in self.details else "")
         )

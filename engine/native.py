@@ -8,10 +8,13 @@ so they take the originals that gevent saved. Without gevent these are simply th
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def _original(module: str, name: str) -> Any:
@@ -32,9 +35,28 @@ def allocate_lock() -> Any:
     return _original("_thread", "allocate_lock")()
 
 
+# Held while the engine starts a thread or runs code that starts threads it must identify (an ONNX Runtime
+# session's pool threads): the threads that appear meanwhile belong to that code.
+_birth_lock = _original("_thread", "allocate_lock")()
+
+
 def start_thread(target: Callable[[], None]) -> int:
     """Start `target` on a new OS thread; returns its thread identifier."""
-    return _original("_thread", "start_new_thread")(target, ())
+    with _birth_lock:
+        return _original("_thread", "start_new_thread")(target, ())
+
+
+def thread_ids() -> set[int]:
+    """Kernel ids of this process's threads (/proc/self/task)."""
+    return {int(name) for name in os.listdir("/proc/self/task")}
+
+
+def threads_started_by(action: Callable[[], T]) -> tuple[T, set[int]]:
+    """Run `action` and return its result with the ids of the threads it started (and that still run)."""
+    with _birth_lock:
+        before = thread_ids()
+        result = action()
+        return result, thread_ids() - before
 
 
 def native_thread_id() -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import SettingError
-from engine.native import allocate_lock
+from engine.governor import CoreGovernor, Lease, compact
+from engine.native import native_thread_id
 from engine.settings.profile import PlacementSettings, SessionSettings, parse_core_list
 
 log = logging.getLogger(__name__)
@@ -109,11 +111,18 @@ def read_cgroup_quota(sys_root: Path, proc_root: Path) -> float | None:
 
 @dataclass(frozen=True)
 class Placement:
-    """What a loaded model got: the cores its threads may run on (None: unpinned) and its thread count."""
+    """What a loaded model got at load: the cores its threads may run on first (None: unpinned), its thread
+    count, and its lease in the governor (None: unpinned, or built by hand in tests), which moves the threads
+    when the model's share changes."""
 
     cores: tuple[int, ...] | None
     threads: int
-    exclusive: bool  # no other loaded model shares these cores
+    exclusive: bool  # no other busy model computes on these cores
+    lease: Lease | None = field(default=None, compare=False)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.lease is not None and self.lease.adaptive
 
 
 def check_explicit_cores(cores: tuple[int, ...], topology: CpuTopology) -> None:
@@ -122,14 +131,14 @@ def check_explicit_cores(cores: tuple[int, ...], topology: CpuTopology) -> None:
         raise SettingError(
             "cpu_affinity",
             ",".join(map(str, cores)),
-            f"cores that exist on this machine (online: {_compact(topology.online)}); missing: {_compact(missing)}",
+            f"cores that exist on this machine (online: {compact(topology.online)}); missing: {compact(missing)}",
         )
     forbidden = [cpu for cpu in cores if cpu not in topology.allowed]
     if forbidden:
         raise SettingError(
             "cpu_affinity",
             ",".join(map(str, cores)),
-            f"cores in this process's allowed set ({_compact(topology.allowed)}); not allowed: {_compact(forbidden)}",
+            f"cores in this process's allowed set ({compact(topology.allowed)}); not allowed: {compact(forbidden)}",
         )
 
 
@@ -144,94 +153,73 @@ def check_threads(session: SessionSettings, topology: CpuTopology) -> None:
         raise SettingError("inter_op_threads", str(session.inter_op_threads), f"1 to {len(topology.allowed)}")
 
 
-def _compact(cpus: tuple[int, ...] | list[int]) -> str:
-    """(0,1,2,5) → '0-2,5'."""
-    parts: list[str] = []
-    ordered = sorted(cpus)
-    index = 0
-    while index < len(ordered):
-        start = end = ordered[index]
-        while index + 1 < len(ordered) and ordered[index + 1] == end + 1:
-            index += 1
-            end = ordered[index]
-        parts.append(str(start) if start == end else f"{start}-{end}")
-        index += 1
-    return ",".join(parts)
-
-
-@dataclass
 class CoreAllocator:
-    """Hands out cores to loaded models; `auto` requests get free cores first, on one NUMA node."""
+    """Places models at load: explicit core lists as given, `none` unpinned, `auto` through the governor, whose
+    shares then follow which models are busy (engine/governor.py)."""
 
-    topology: CpuTopology
-    _users: dict[int, int] = field(default_factory=dict)  # cpu → number of models placed on it
-    _lock: object = field(default_factory=allocate_lock)
+    def __init__(self, topology: CpuTopology, governor: CoreGovernor | None = None) -> None:
+        self.topology = topology
+        self.governor = governor or CoreGovernor()
 
     def usable_cpus(self) -> tuple[int, ...]:
         """Allowed CPUs, limited to as many as the cgroup quota pays for, spread over NUMA nodes in order."""
         return self.topology.allowed[: self.topology.usable_count]
 
-    def place(self, placement: PlacementSettings, session: SessionSettings, name: str) -> Placement:
+    def place(
+        self, placement: PlacementSettings, session: SessionSettings, name: str, interactive: bool = False
+    ) -> Placement:
         check_threads(session, self.topology)
-        with self._lock:  # type: ignore[attr-defined]
-            if placement.mode == "none":
-                return Placement(None, session.intra_op_threads or self.topology.usable_count, False)
-            if placement.mode == "cores":
-                check_explicit_cores(placement.cores, self.topology)
-                cores = placement.cores
-                shared = any(self._users.get(cpu) for cpu in cores)
-                self._take(cores)
-                return Placement(cores, session.intra_op_threads or len(cores), not shared)
-            return self._place_auto(session.intra_op_threads, name)
+        if placement.mode == "none":
+            return Placement(None, session.intra_op_threads or self.topology.usable_count, False)
+        if placement.mode == "cores":
+            check_explicit_cores(placement.cores, self.topology)
+            cores = placement.cores
+            lease = Lease(name, cores, len(cores), interactive, adaptive=False, cores=cores)
+            self.governor.admit(lease)
+            return Placement(cores, session.intra_op_threads or len(cores), True, lease)
+        node = self._roomiest_node()
+        threads = session.intra_op_threads or len(node)
+        lease = self.governor.admit(Lease(name, node, threads, interactive, adaptive=True, cores=()))
+        return Placement(lease.cores, threads, True, lease)
+
+    def _roomiest_node(self) -> tuple[int, ...]:
+        """The usable cores of the NUMA node with the fewest models placed on it (then the most cores)."""
+        by_node: dict[int, list[int]] = {}
+        for cpu in self.usable_cpus():
+            by_node.setdefault(self.topology.node_of(cpu), []).append(cpu)
+        tenants = self.governor.tenants_per_node()
+        return tuple(min(by_node.values(), key=lambda cpus: (tenants.get(tuple(cpus), 0), -len(cpus))))
 
     def release(self, placed: Placement) -> None:
-        if placed.cores is None:
-            return
-        with self._lock:  # type: ignore[attr-defined]
-            for cpu in placed.cores:
-                if self._users.get(cpu, 0) > 0:
-                    self._users[cpu] -= 1
-
-    def _take(self, cores: tuple[int, ...]) -> None:
-        for cpu in cores:
-            self._users[cpu] = self._users.get(cpu, 0) + 1
-
-    def _place_auto(self, threads: int | None, name: str) -> Placement:
-        usable = self.usable_cpus()
-        free = [cpu for cpu in usable if not self._users.get(cpu)]
-        by_node: dict[int, list[int]] = {}
-        for cpu in free:
-            by_node.setdefault(self.topology.node_of(cpu), []).append(cpu)
-        wanted = threads
-        if wanted is None:  # auto threads: every free core of the roomiest node
-            if by_node:
-                cores = tuple(max(by_node.values(), key=len))
-                self._take(cores)
-                return Placement(cores, len(cores), True)
-            wanted = 1
-        fitting = [cpus for cpus in by_node.values() if len(cpus) >= wanted]
-        if fitting:
-            cores = tuple(min(fitting, key=len)[:wanted])  # the tightest node that fits keeps big gaps free
-            self._take(cores)
-            return Placement(cores, wanted, True)
-        # Not enough free cores on one node: take the least-used cores, preferring one node.
-        ranked = sorted(usable, key=lambda cpu: (self._users.get(cpu, 0), self.topology.node_of(cpu), cpu))
-        cores = tuple(sorted(ranked[:wanted]))
-        log.warning(
-            "model %s: not enough free cores for %d thread(s) (usable: %s); sharing cores %s with other models",
-            name,
-            wanted,
-            _compact(usable),
-            _compact(cores),
-        )
-        self._take(cores)
-        return Placement(cores, wanted, False)
+        if placed.lease is not None:
+            self.governor.release(placed.lease)
 
 
 def pin_current_thread(cores: tuple[int, ...] | None) -> None:
     """Restrict the calling OS thread (only it, on Linux) to `cores`; ORT pool threads created later inherit it."""
     if cores is not None:
         os.sched_setaffinity(0, set(cores))
+
+
+def join_placement(placement: Placement) -> None:
+    """Pin the calling thread (a model's worker or lane) to the model's cores, and let its lease move it with them."""
+    pin_current_thread(placement.cores)
+    if placement.lease is not None:
+        placement.lease.add_threads({native_thread_id()})
+
+
+def activity_of(placement: Placement) -> Callable[[bool], None] | None:
+    """Where a model's scheduler reports busy / idle (None: nobody follows it)."""
+    return placement.lease.set_busy if placement.lease is not None else None
+
+
+def spinning_enabled(settings: SessionSettings, placement: Placement) -> bool:
+    """`auto` spins only on cores the model has to itself: spinning speeds up a lone model but steals the
+    core from any neighbour (see notes/onnxruntime.md §4). Adaptively placed models always compute on cores of
+    their own, and stop spinning when a run ends (force_spinning_stop)."""
+    if settings.spin_wait == "auto":
+        return placement.exclusive and placement.cores is not None
+    return settings.spin_wait == "on"
 
 
 def thread_affinity_string(cores: tuple[int, ...], pool_threads: int) -> str:

@@ -22,6 +22,9 @@ from engine.worker import Scheduler, Worker
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=Scheduler)
+# Model types whose work is interactive (a chat's decode steps, rerank): they take the remainder of an uneven
+# split of the cores. Embedding models serve both queries and documents and count as bulk.
+INTERACTIVE_TYPES = ("llm", "rerank")
 
 
 @dataclass(eq=False)
@@ -40,8 +43,9 @@ class LoadedModel(Generic[S]):
     active_calls: int = 0  # calls in progress; guarded by the registry's lock
 
 
-# A builder runs on the model's worker thread (already pinned) and returns its scheduler and description.
-Builder = Callable[[RuntimeProfile, ModelFiles, Placement, Callable[[], None]], tuple[Scheduler, ModelInfo]]
+# A builder runs on the model's worker thread (already pinned) and returns its scheduler and description:
+# builder(profile, files, placement, wake, name).
+Builder = Callable[[RuntimeProfile, ModelFiles, Placement, Callable[[], None], str], tuple[Scheduler, ModelInfo]]
 
 
 @dataclass(eq=False)
@@ -82,8 +86,9 @@ class ModelRegistry:
         return waiter.result()
 
     def _start_load(self, key: tuple[Any, ...], profile: RuntimeProfile) -> _Entry:
-        name = f"{profile.model_dir.name}[{profile.model_type}]"
-        placement = self.allocator.place(profile.placement, profile.session, name)
+        name = self._unique_name(f"{profile.model_dir.name}[{profile.model_type}]")
+        interactive = profile.model_type in INTERACTIVE_TYPES
+        placement = self.allocator.place(profile.placement, profile.session, name, interactive)
         worker = Worker(name, placement, profile.blas_threads)
         entry = _Entry(placement, worker)
         self._entries[key] = entry
@@ -91,13 +96,23 @@ class ModelRegistry:
         worker.start(lambda: self._build(builder, entry, key, profile))
         return entry
 
+    def _unique_name(self, base: str) -> str:
+        """Instances of one directory with other settings get #2, #3, … (statistics and placement key on it)."""
+        taken = {entry.worker.name for entry in self._entries.values()}
+        number = 1
+        name = base
+        while name in taken:
+            number += 1
+            name = f"{base}#{number}"
+        return name
+
     def _build(self, builder: Builder, entry: _Entry, key: tuple[Any, ...], profile: RuntimeProfile) -> Scheduler:
         started = monotonic()
         rss_before = psutil.Process().memory_info().rss
         try:
             entry.worker.prepare_thread()
             files = find_model_files(profile.model_dir, profile.model_file)  # reads graphs: on the worker
-            scheduler, info = builder(profile, files, entry.placement, entry.worker.wake)
+            scheduler, info = builder(profile, files, entry.placement, entry.worker.wake, entry.worker.name)
         except BaseException as error:
             with self._lock:
                 if self._entries.get(key) is entry:

@@ -12,7 +12,8 @@ import onnxruntime as ort
 
 from engine.errors import ModelLoadError
 from engine.model_files import ModelFiles
-from engine.placement import Placement, thread_affinity_string
+from engine.native import threads_started_by
+from engine.placement import Placement, spinning_enabled, thread_affinity_string
 from engine.quantize import prepare_onnx_file
 from engine.settings.profile import RuntimeProfile, SessionSettings
 
@@ -35,14 +36,6 @@ class EditedGraph:
     folder: Path
 
 
-def spinning_enabled(settings: SessionSettings, placement: Placement) -> bool:
-    """`auto` spins only on cores the model has to itself: spinning speeds up a lone model but steals the
-    core from any neighbour (see notes/onnxruntime.md §4)."""
-    if settings.spin_wait == "auto":
-        return placement.exclusive and placement.cores is not None
-    return settings.spin_wait == "on"
-
-
 def build_session_options(settings: SessionSettings, placement: Placement) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = placement.threads
@@ -54,7 +47,10 @@ def build_session_options(settings: SessionSettings, placement: Placement) -> or
     spin = "1" if spinning_enabled(settings, placement) else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    if placement.cores is not None and placement.threads > 1:
+    if placement.adaptive:
+        # Pool threads spin only inside a run: between runs the cores are free for the model that gets them next.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    elif placement.cores is not None and placement.threads > 1:
         # N threads = the calling (worker) thread + N-1 pool threads; the worker pins itself.
         options.add_session_config_entry(
             "session.intra_op_thread_affinities", thread_affinity_string(placement.cores, placement.threads - 1)
@@ -91,7 +87,12 @@ def session_for(
         path = prepare_onnx_file(files, profile.quantization)
     options = build_session_options(profile.session, placement)
     edited = edit(path) if edit is not None else None
-    if edited is None:
-        return create_session(path, options), path
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(edited.folder))
-    return create_session(path, options, edited.model_bytes), path
+    model_bytes = None
+    if edited is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(edited.folder))
+        model_bytes = edited.model_bytes
+    # The session's pool threads start during creation; the placement's lease moves them with the model's share.
+    session, pool_threads = threads_started_by(lambda: create_session(path, options, model_bytes))
+    if placement.lease is not None:
+        placement.lease.add_threads(pool_threads)
+    return session, path

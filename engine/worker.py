@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from engine.channel import Completion
 from engine.errors import EngineClosedError
 from engine.native import NativeEvent, native_thread_id, start_thread
-from engine.placement import Placement, pin_current_thread
+from engine.placement import Placement, join_placement
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,7 +103,7 @@ class Worker:
 
     def prepare_thread(self) -> None:
         """Pin the calling worker thread and limit BLAS threads; the first thing a build does."""
-        pin_current_thread(self.placement.cores)
+        join_placement(self.placement)
         self._limit_blas()
 
     def _limit_blas(self) -> None:

@@ -101,7 +101,14 @@ class _Lane:
 
 
 class MicroBatcher:
-    def __init__(self, name: str, task: EncoderTask, settings: BatchingSettings, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        task: EncoderTask,
+        settings: BatchingSettings,
+        wake: Callable[[], None],
+        activity: Callable[[bool], None] | None = None,
+    ) -> None:
         self.name = name
         self.task = task
         self.settings = settings
@@ -111,6 +118,10 @@ class MicroBatcher:
         self._lock = allocate_lock()
         self._lanes = (_Lane(), _Lane())  # indexed by INTERACTIVE, BULK
         self._queued_inputs = 0  # accepted inputs not yet in a batch (the queue_limit counts these)
+        self._running = 0  # batches being computed (both lanes)
+        # Told True when work arrives and False when none is queued or running, under the lock so reports keep
+        # their order (the placement governor gives busy models cores of their own).
+        self._activity = activity or (lambda busy: None)
         self._closed: BaseException | None = None
         self._interactive_started = False
         self._last_stats_log = monotonic()
@@ -141,6 +152,7 @@ class MicroBatcher:
                     f"over its queue_limit of {limit}; retry later or raise queue_limit"
                 )
             self._queued_inputs += len(inputs)
+            self._activity(True)
             self._lanes[priority].inbox.append(_Call(list(inputs), input_type, priority, completion, monotonic()))
         if priority == INTERACTIVE:
             self._interactive_wake.set()
@@ -164,6 +176,7 @@ class MicroBatcher:
         now = monotonic()
         self._maybe_log_stats(now)
         if not lane.calls:
+            self._report_if_idle()
             return None
         delay = self._window_delay(lane, now)
         if delay > 0:
@@ -199,6 +212,7 @@ class MicroBatcher:
                 if batch:
                     self._run(batch)
                 continue
+            self._report_if_idle()
             self._interactive_wake.wait(None)
 
     def _intake(self, lane: _Lane) -> None:
@@ -260,9 +274,22 @@ class MicroBatcher:
             for call in [call for call in lane.calls if not call.pending]:
                 lane.calls.remove(call)
             self._queued_inputs -= len(chosen)
+            self._running += 1
         return chosen
 
+    def _report_if_idle(self) -> None:
+        with self._lock:
+            if self._queued_inputs == 0 and self._running == 0:
+                self._activity(False)
+
     def _run(self, batch: list[_Item]) -> None:
+        try:
+            self._compute(batch)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _compute(self, batch: list[_Item]) -> None:
         started = monotonic()
         try:
             outputs = self.task.run([item.tokens for item in batch])

@@ -13,7 +13,7 @@ from engine.errors import ModelLoadError
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
-from engine.placement import Placement, pin_current_thread
+from engine.placement import Placement, activity_of, join_placement
 from engine.session_builder import session_for
 from engine.settings.profile import RuntimeProfile
 from engine.text.tokenizer import load_tokenizer
@@ -31,7 +31,11 @@ def _pad_id(directory: Path, tokenizer_pad: int | None) -> int:
 
 
 def build_encoder(
-    profile: RuntimeProfile, files: ModelFiles, placement: Placement, wake: Callable[[], None]
+    profile: RuntimeProfile,
+    files: ModelFiles,
+    placement: Placement,
+    wake: Callable[[], None],
+    name: str | None = None,
 ) -> tuple[MicroBatcher, ModelInfo]:
     directory = profile.model_dir
     tokenizer = load_tokenizer(directory)
@@ -58,9 +62,9 @@ def build_encoder(
                 "model_path", "the model does not produce relevance logits for a (query, document) pair"
             ) from None
         details.update(score_mode=profile.rerank.score_mode)
-    name = f"{directory.name}[{profile.model_type}]"
+    name = name or f"{directory.name}[{profile.model_type}]"
     assert profile.batching is not None  # parsed for every encoder profile
-    batcher = MicroBatcher(name, task, profile.batching, wake)
-    batcher.start_interactive_lane(lambda: pin_current_thread(placement.cores))
+    batcher = MicroBatcher(name, task, profile.batching, wake, activity_of(placement))
+    batcher.start_interactive_lane(lambda: join_placement(placement))
     info = ModelInfo.for_load(name, profile, files, loaded_path, placement, context, details)
     return batcher, info

@@ -16,7 +16,7 @@ from engine.generation.scheduler import GenerationScheduler
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
-from engine.placement import Placement
+from engine.placement import Placement, activity_of
 from engine.session_builder import session_for
 from engine.settings.profile import GenerationSettings, RuntimeProfile
 from engine.text.chat_template import ChatTemplate
@@ -94,7 +94,11 @@ def _last_position_only(session: object) -> bool:
 
 
 def build_generator(
-    profile: RuntimeProfile, files: ModelFiles, placement: Placement, wake: Callable[[], None]
+    profile: RuntimeProfile,
+    files: ModelFiles,
+    placement: Placement,
+    wake: Callable[[], None],
+    name: str | None = None,
 ) -> tuple[GenerationScheduler, ModelInfo]:
     directory = profile.model_dir
     settings = _settings(profile)
@@ -121,9 +125,11 @@ def build_generator(
     runner.forward(probe, tokenizer.encode("Hello", add_special_tokens=False).ids[:4] or [0])
     runner.release(probe)
     prompts = PromptBuilder(tokenizer, template, settings.mode, context, settings.prompt_overflow)
-    name = f"{directory.name}[llm]"
+    name = name or f"{directory.name}[llm]"
     defaults = defaults_from_generation_config(read_optional_json(directory / "generation_config.json"))
-    scheduler = GenerationScheduler(name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults)
+    scheduler = GenerationScheduler(
+        name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults, activity_of(placement)
+    )
     details = {
         "layers": layout.layers,
         "kv_heads": layout.kv_heads,

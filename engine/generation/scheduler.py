@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +83,7 @@ class GenerationScheduler:
         settings: GenerationSettings,
         wake: object,
         default_sampling: SamplingParams | None = None,
+        activity: Callable[[bool], None] | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -93,6 +94,8 @@ class GenerationScheduler:
         self.default_sampling = default_sampling or SamplingParams()
         self.context = prompts.context
         self._wake = wake
+        # Told True when a request arrives and False when nothing is queued or active (placement follows it).
+        self._activity = activity or (lambda busy: None)
         self._lock = allocate_lock()
         self.metrics = GenerationMetrics()
         self._inbox: collections.deque[GenerationRequest] = collections.deque()
@@ -112,6 +115,7 @@ class GenerationScheduler:
         request = GenerationRequest(list(messages), list(tools), params, channel, monotonic())
         with self._lock:
             self._inbox.append(request)
+            self._activity(True)
         self._wake()  # type: ignore[operator]
         return request
 
@@ -125,6 +129,9 @@ class GenerationScheduler:
         for sequence in [s for s in self._active if s.request.cancelled]:
             self._remove(sequence)
         if not self._active:
+            with self._lock:
+                if not self._inbox:
+                    self._activity(False)
             return None
         # Units of work taken in turn: each prefilling (or unbatchable) sequence alone, and one batched decode
         # step for every sequence that can share a run.

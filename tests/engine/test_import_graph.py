@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.errors", "engine.native"),
     ("engine.channel", "engine.paths", "engine.metrics", "engine.settings.table"),
     ("engine.settings.profile", "engine.model_config"),
-    ("engine.model_files", "engine.placement", "engine.quantize_cache"),
+    ("engine.model_files", "engine.governor", "engine.placement", "engine.quantize_cache"),
     ("engine.quantize", "engine.model_info", "engine.worker"),
     ("engine.session_builder", "engine.text"),
     ("engine.encoders", "engine.generation", "engine.registry"),
@@ -47,7 +47,8 @@ def imported_names(tree: ast.Module, name: str) -> Iterator[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], base])
             yield base
             yield from (f"{base}.{alias.name}" for alias in node.names)  # `from engine.x import module`
 
@@ -77,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return stack[stack.index(target) :] + [target]
+                return [*stack[stack.index(target) :], target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
@@ -145,8 +146,6 @@ def test_no_import_guards(name: str) -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ExceptHandler)
         and node.type is not None
-        and any(
-            isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in ast.walk(node.type)
-        )
+        and any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in ast.walk(node.type))
     ]
     assert guards == [], f"{name}: except ImportError on lines {guards}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.api import Engine
+from engine.governor import compact
 from engine.settings.profile import parse_profile
 from tests.conftest import ROOTS
 
@@ -75,17 +78,60 @@ def test_explicit_cores(threads: str, affinity: str, expected: str) -> None:
         engine.close()
 
 
-def test_auto_places_two_models_on_disjoint_cores() -> None:
+def busy_loop(engine: Engine, profile, stop: threading.Event) -> None:
+    texts = [f"sentence number {i} " * 30 for i in range(64)]
+    while not stop.is_set():
+        engine.embed(profile, texts)
+
+
+def cores_of(tids: set[int]) -> set[str]:
+    return {allowed_list(tid) for tid in tids if Path(f"/proc/self/task/{tid}").exists()}
+
+
+def test_adaptive_placement_follows_which_models_are_busy() -> None:
+    """Defaults (auto threads, auto affinity): two busy models compute on disjoint cores; one busy model alone
+    may use every allowed core."""
     engine = Engine()
+    first, second = profile_for("auto", "auto"), profile_for("auto", "auto", normalize="false")
     try:
-        first_threads, _ = model_threads(engine, profile_for("1", "auto"))
-        second_threads, _ = model_threads(engine, profile_for("1", "auto", normalize="false"))
-        first_cores = {allowed_list(tid) for tid in first_threads}
-        second_cores = {allowed_list(tid) for tid in second_threads}
-        assert len(first_cores) == 1 and len(second_cores) == 1
-        assert first_cores != second_cores
-        placements = [model.placement for model in engine.registry.loaded()]
-        assert all(p.exclusive for p in placements)
-        assert not set(placements[0].cores or ()) & set(placements[1].cores or ())
+        first_threads, _ = model_threads(engine, first)
+        second_threads, _ = model_threads(engine, second)
+        assert len(first_threads) == len(CPUS) + 1  # worker, interactive lane, pool threads for every core
+        stops = [threading.Event(), threading.Event()]
+        loops = [threading.Thread(target=busy_loop, args=(engine, p, s)) for p, s in zip((first, second), stops)]
+        for loop in loops:
+            loop.start()
+        both_busy_samples = 0
+        try:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and both_busy_samples < 20:
+                busy = [m["busy"] for m in engine.placement()["models"].values()]  # type: ignore[union-attr]
+                a, b = cores_of(first_threads), cores_of(second_threads)
+                if all(busy) and len(busy) == 2:
+                    assert len(a) == 1 and len(b) == 1, (a, b)  # each model's threads share one core list
+                    assert not set(next(iter(a)).split(",")) & set(next(iter(b)).split(",")), (a, b)
+                    both_busy_samples += 1
+                time.sleep(0.02)
+            assert both_busy_samples >= 5
+        finally:
+            stops[1].set()
+            loops[1].join()
+        deadline = time.monotonic() + 5
+        alone = set()
+        while time.monotonic() < deadline:
+            alone = cores_of(first_threads)
+            if alone == {compact(CPUS)}:
+                break
+            time.sleep(0.02)
+        assert alone == {compact(CPUS)}  # the busy model alone computes on every core
+        stops[0].set()
+        loops[0].join()
+        stats = engine.stats()
+        assert all(
+            model["placement"]["adaptive"] and model["placement"]["threads"] == len(CPUS) for model in stats.values()
+        )
+        assert engine.placement()["replacements"] >= 2
     finally:
+        for stop in stops:
+            stop.set()
         engine.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.errors import SettingError
+from engine.governor import CoreGovernor
 from engine.placement import CoreAllocator, CpuTopology, thread_affinity_string
 from engine.settings.profile import PlacementSettings, SessionSettings
 
@@ -73,14 +75,96 @@ def test_quota_limits_the_cores_handed_out(tmp_path: Path) -> None:
     assert placed.threads == 2 and len(placed.cores or ()) == 2
 
 
-def test_sharing_when_not_enough_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+class RecordingPin:
+    """The governor's pin function, recording instead of calling sched_setaffinity (tids are fake here)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[frozenset[int], tuple[int, ...]]] = []
+
+    def __call__(self, tids: set[int], cores: tuple[int, ...]) -> set[int]:
+        self.calls.append((frozenset(tids), cores))
+        return set()
+
+
+def two_core_allocator(tmp_path: Path) -> tuple[CoreAllocator, RecordingPin]:
     sys_root, proc_root = fake_sysfs(tmp_path, "0-1", ["0-1"])
-    allocator = CoreAllocator(CpuTopology.read(sys_root, proc_root, allowed={0, 1}))
-    allocator.place(PlacementSettings("auto"), session(2), "big")
+    pin = RecordingPin()
+    return CoreAllocator(CpuTopology.read(sys_root, proc_root, allowed={0, 1}), CoreGovernor(pin)), pin
+
+
+def test_a_busy_model_alone_gets_every_core_and_two_busy_models_split_them(tmp_path: Path) -> None:
+    allocator, pin = two_core_allocator(tmp_path)
+    llm = allocator.place(PlacementSettings("auto"), session(None), "llm", interactive=True)
+    assert llm.threads == 2 and llm.cores == (0, 1) and llm.adaptive
+    llm.lease.add_threads({101, 102})  # type: ignore[union-attr]
+    assert pin.calls[-1] == (frozenset({101, 102}), (0, 1))
+    embedder = allocator.place(PlacementSettings("auto"), session(None), "embedder")
+    embedder.lease.add_threads({201, 202})  # type: ignore[union-attr]
+    assert len(llm.lease.cores) == 1 and len(embedder.lease.cores) == 1  # type: ignore[union-attr]
+    assert set(llm.lease.cores).isdisjoint(embedder.lease.cores)  # type: ignore[union-attr]
+    assert (frozenset({101, 102}), llm.lease.cores) in pin.calls  # type: ignore[union-attr]
+    embedder.lease.busy_until = 0.0  # type: ignore[union-attr]
+    governor = allocator.governor
+    with governor._lock:  # the embedder goes idle and its grace period has passed
+        embedder.lease.busy = False  # type: ignore[union-attr]
+        governor._rebalance("test: embedder idle", 0.0)
+    assert llm.lease.cores == (0, 1)  # type: ignore[union-attr]
+    assert pin.calls[-1] == (frozenset({101, 102}), (0, 1))
+
+
+def test_idle_grace_then_the_busy_model_grows(tmp_path: Path) -> None:
+    allocator, _ = two_core_allocator(tmp_path)
+    llm = allocator.place(PlacementSettings("auto"), session(None), "llm", interactive=True).lease
+    embedder = allocator.place(PlacementSettings("auto"), session(None), "embedder").lease
+    assert llm is not None and embedder is not None and len(llm.cores) == 1
+    embedder.set_busy(False)
+    assert len(llm.cores) == 1  # still within the grace period
+    deadline = time.monotonic() + 5
+    while llm.cores != (0, 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert llm.cores == (0, 1)
+    embedder.set_busy(True)
+    assert set(llm.cores).isdisjoint(embedder.cores)
+    snapshot = allocator.governor.snapshot()
+    assert snapshot["replacements"] >= 3 and snapshot["models"]["embedder"]["busy"]  # type: ignore[index]
+
+
+def test_interactive_model_takes_the_remainder_and_thread_counts_cap_shares(tmp_path: Path) -> None:
+    sys_root, proc_root = fake_sysfs(tmp_path, "0-4", ["0-4"])
+    allocator = CoreAllocator(
+        CpuTopology.read(sys_root, proc_root, allowed=set(range(5))), CoreGovernor(RecordingPin())
+    )
+    bulk = allocator.place(PlacementSettings("auto"), session(None), "bulk").lease
+    chat = allocator.place(PlacementSettings("auto"), session(None), "chat", interactive=True).lease
+    assert chat is not None and bulk is not None
+    assert (len(chat.cores), len(bulk.cores)) == (3, 2)
+    small = allocator.place(PlacementSettings("auto"), session(1), "small").lease
+    assert small is not None and len(small.cores) == 1
+    assert sorted(chat.cores + bulk.cores + small.cores) == [0, 1, 2, 3, 4]
+
+
+def test_more_busy_models_than_cores_share_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    allocator, _ = two_core_allocator(tmp_path)
+    allocator.place(PlacementSettings("auto"), session(None), "a")
+    allocator.place(PlacementSettings("auto"), session(None), "b")
     with caplog.at_level(logging.WARNING):
-        shared = allocator.place(PlacementSettings("auto"), session(1), "late")
-    assert not shared.exclusive and len(shared.cores or ()) == 1
-    assert "sharing cores" in caplog.text
+        third = allocator.place(PlacementSettings("auto"), session(None), "c")
+    assert third.lease is not None and len(third.lease.cores) == 1
+    assert "share a core" in caplog.text
+
+
+def test_explicit_cores_are_never_moved_and_kept_free_while_busy(tmp_path: Path) -> None:
+    allocator, pin = two_core_allocator(tmp_path)
+    fixed = allocator.place(PlacementSettings("cores", (1,)), session(1), "fixed")
+    fixed.lease.add_threads({301})  # type: ignore[union-attr]
+    auto = allocator.place(PlacementSettings("auto"), session(None), "auto").lease
+    assert auto is not None and auto.cores == (0,)
+    assert all(cores == (1,) or 301 not in tids for tids, cores in pin.calls)  # only ever where it was put
+    fixed.lease.busy_until = 0.0  # type: ignore[union-attr]
+    with allocator.governor._lock:
+        fixed.lease.busy = False  # type: ignore[union-attr]
+        allocator.governor._rebalance("test: fixed idle", 0.0)
+    assert auto.cores == (0, 1) and fixed.lease.cores == (1,)  # type: ignore[union-attr]
 
 
 def test_release_frees_cores(tmp_path: Path) -> None:
