@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import ast
 import random
-import sysconfig
-from pathlib import Path
+
+from reference.corpus import stdlib_docstrings
 
 
-def stdlib_docstrings(limit: int = 20000) -> list[str]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    found: list[str] = []
-    for path in sorted(stdlib.glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef | ast.Module):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 40:
-                    found.append(" ".join(doc.split()))
-        if len(found) >= limit:
-            break
-    return found
+def bench_docstrings() -> list[str]:
+    """The benchmark's source texts: docstrings of 40+ characters of the top-level stdlib modules, file by file up
+    to 20000."""
+    return stdlib_docstrings(min_chars=40, limit=20000)
 
 
 def mixed_chunks(count: int, seed: int = 0) -> list[str]:
     """`count` texts from a few words to a few hundred, like chunks of indexed documents."""
-    docs = stdlib_docstrings()
+    docs = bench_docstrings()
     rng = random.Random(seed)
     chunks: list[str] = []
     while len(chunks) < count:
@@ -40,6 +27,6 @@ def mixed_chunks(count: int, seed: int = 0) -> list[str]:
 
 
 def queries(count: int, seed: int = 1) -> list[str]:
-    docs = stdlib_docstrings()
+    docs = bench_docstrings()
     rng = random.Random(seed)
     return [" ".join(rng.choice(docs).split()[:6]) for _ in range(count)]

@@ -29,7 +29,7 @@ from bench.corpus import mixed_chunks, queries
 from engine.api import Engine
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_files import find_model_files
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from engine.text.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def main() -> None:
     on = profile(model_dir, "text-embedding", args.threads)
     off = profile(model_dir, "text-embedding", args.threads, max_batch_size="1", batch_window_ms="0")
     with fresh_engine() as engine:
-        context = engine.load(on).context_size
+        context = engine.model_info(on).context_size
     result: dict = {
         "model": model_dir.name,
         "threads": args.threads,

@@ -6,7 +6,7 @@ For each model layout (Optimum merged decoder, onnxruntime-genai GQA graph), 1 a
   bare      a plain ONNX Runtime + numpy greedy loop on the same file and threads, in a process of its own
             (bench/bare_runner.py; the no-overhead reference: whole prompt in one pass, argmax, the cache fed
             back as ORT values / shared IOBinding buffers; the graph as it is unless --bare-last-logits);
-  engine    the plugin's engine in this process (engine.generation.api.generate; it computes the logits of the
+  engine    the plugin's engine in this process (Engine.generate; it computes the logits of the
             last prompt position only, a load-time graph edit: engine/generation/last_logits.py);
   plugin    the real plugin process over the Dify daemon protocol (bench/plugin_runner.py);
   llamacpp  llama.cpp (llama-cpp-python built from source, .venv-llamacpp) on the same model's Q4_K_M GGUF,
@@ -44,12 +44,11 @@ from bench.bare_runner import BareClient
 from bench.llamacpp_runner import LlamaCppClient
 from bench.plugin_runner import PluginBench
 from engine.api import Engine
-from engine.generation.api import generate
 from engine.generation.events import Finished, GenerationParams
-from engine.generation.messages import ChatMessage
 from engine.generation.sampling import SamplingParams
 from engine.model_files import find_model_files
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
+from engine.text.messages import ChatMessage
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = ("qwen2.5-coder-0.5b-instruct-optimum", "qwen2.5-coder-0.5b-instruct-genai")
@@ -89,7 +88,7 @@ class Options:
 
 def prompt_messages(engine: Engine, profile: Any, target: int) -> tuple[list[ChatMessage], int]:
     """A user message whose rendered prompt is about `target` tokens (filler context, then the question)."""
-    prompts = engine.model(profile).scheduler.prompts
+    prompts = engine.registry.get(profile).scheduler.prompts
     filler = ""
     while True:
         messages = [ChatMessage("user", (filler + "\n\n" if filler else "") + QUESTION)]
@@ -99,9 +98,21 @@ def prompt_messages(engine: Engine, profile: Any, target: int) -> tuple[list[Cha
         filler += FILLER
 
 
+def engine_values(model_dir: Path, threads: int) -> dict[str, str]:
+    """The engine's settings in every LLM benchmark run: `threads` intra-op threads, no pinning, spin-waiting, no
+    time limit."""
+    return {
+        "model_path": str(model_dir),
+        "intra_op_threads": str(threads),
+        "cpu_affinity": "none",
+        "spin_wait": "on",
+        "max_generation_seconds": "0",
+    }
+
+
 def engine_greedy(engine: Engine, profile: Any, messages: list[ChatMessage], new_tokens: int) -> Finished:
     params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=new_tokens)
-    events = list(generate(engine, profile, messages, params))
+    events = list(engine.generate(profile, messages, params))
     finished = events[-1]
     assert isinstance(finished, Finished)
     return finished
@@ -122,16 +133,10 @@ class Subjects:
 
 
 def open_subjects(model_dir: Path, threads: int, options: Options) -> Subjects:
-    values = {
-        "model_path": str(model_dir),
-        "intra_op_threads": str(threads),
-        "cpu_affinity": "none",
-        "spin_wait": "on",
-        "max_generation_seconds": "0",
-    }
+    values = engine_values(model_dir, threads)
     profile = parse_profile(values, "llm", roots=(model_dir.parent.resolve(),))
     engine = Engine()
-    engine.model(profile)
+    engine.registry.get(profile)
     files = find_model_files(model_dir)
     bare = BareClient(model_dir, threads, options.bare_last_logits)
     subjects = Subjects(model_dir, files.layout, threads, engine, profile, bare)
@@ -158,7 +163,7 @@ Runner = Callable[[int], tuple[Sample, Any]]
 
 def runners(subjects: Subjects, text: str, prompt: list[int]) -> dict[str, Runner]:
     """One callable per available system: new_tokens -> (timings, its output)."""
-    scheduler = subjects.engine.model(subjects.profile).scheduler
+    scheduler = subjects.engine.registry.get(subjects.profile).scheduler
     eos = set(scheduler.eos_ids)
 
     def bare(count: int) -> tuple[Sample, Any]:
@@ -211,7 +216,7 @@ def agreement(outputs: dict[str, Any], tokenizer: Any, prompt_tokens: int, name:
 
 
 def measure_prompt(subjects: Subjects, target: int, options: Options) -> list[dict]:
-    scheduler = subjects.engine.model(subjects.profile).scheduler
+    scheduler = subjects.engine.registry.get(subjects.profile).scheduler
     messages, prompt_tokens = prompt_messages(subjects.engine, subjects.profile, target)
     text = str(messages[0].content)
     prompt = scheduler.prompts.build(messages)
@@ -274,17 +279,10 @@ def run_config(model_dir: Path, threads: int, targets: list[int], options: Optio
 
 def concurrency(model_dir: Path, threads: int, streams: list[int], new_tokens: int) -> list[dict]:
     """Aggregate decode throughput with N simultaneous requests (batched decode on the genai layout)."""
-    values = {
-        "model_path": str(model_dir),
-        "intra_op_threads": str(threads),
-        "cpu_affinity": "none",
-        "spin_wait": "on",
-        "max_generation_seconds": "0",
-        "max_concurrent_sequences": str(max(streams)),
-    }
+    values = {**engine_values(model_dir, threads), "max_concurrent_sequences": str(max(streams))}
     profile = parse_profile(values, "llm", roots=(model_dir.parent.resolve(),))
     engine = Engine()
-    scheduler = engine.model(profile).scheduler
+    scheduler = engine.registry.get(profile).scheduler
     questions = [
         QUESTION,
         "Explain how a hash map works, with an example in Python.",

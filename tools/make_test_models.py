@@ -77,7 +77,9 @@ def clear_generated(out: Path) -> None:
 
 
 def check(committed: Path) -> int:
-    from fixtures_lib.common import SUMS_FILE, file_hashes, sha256_file
+    from fixtures_lib.common import SUMS_FILE, file_hashes
+
+    from reference.files import sha256_file
 
     with tempfile.TemporaryDirectory(prefix="fixtures-check-") as tmp:
         fresh = Path(tmp) / "models"
@@ -101,6 +103,7 @@ def main() -> int:
     reexec_with_fixed_hash_seed()
     args = parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(1, str(REPO_ROOT))  # reference/: code shared with tests/real/ and bench/
     from fixtures_lib.common import env_offline
 
     env_offline()

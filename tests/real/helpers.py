@@ -1,48 +1,39 @@
-"""Plain-onnxruntime helpers for the fidelity tests: sentences, mean pooling and a greedy decoding loop.
+"""Helpers for the fidelity tests: sentences, a session, mean pooling, chat prompts and teacher forcing.
 
-Independent of the engine's generation code on purpose: the fidelity tests check the model files, not the engine.
+Independent of the engine's code on purpose: the fidelity tests check the model files, not the engine. The greedy
+decoding loop is reference.ort_greedy.greedy.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import sysconfig
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from reference import ort_greedy
+from reference.corpus import stdlib_docstrings
+
 
 def stdlib_sentences(count: int = 300) -> list[str]:
     """First sentences of stdlib docstrings (real English, no network), deterministic."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
     found: list[str] = []
     seen: set[str] = set()
-    for path in sorted(stdlib.glob("*.py")):
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)):
-                text = ast.get_docstring(node)
-                if not text:
-                    continue
-                sentence = " ".join(text.split()).split(". ")[0].strip()
-                if 30 <= len(sentence) <= 300 and sentence not in seen:
-                    seen.add(sentence)
-                    found.append(sentence)
+    for doc in stdlib_docstrings(nodes=(ast.FunctionDef, ast.ClassDef, ast.Module)):
+        sentence = doc.split(". ")[0].strip()
+        if 30 <= len(sentence) <= 300 and sentence not in seen:
+            seen.add(sentence)
+            found.append(sentence)
     step = max(1, len(found) // count)
     return found[::step][:count]
 
 
 def session(path: Path, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """The tests' sessions: 2 intra-op threads, ORT warnings off."""
+    return ort_greedy.session(path, threads, log_severity=3)
 
 
 def mean_pooled(sess: ort.InferenceSession, tokenizer: Tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
@@ -79,41 +70,6 @@ def eos_ids(directory: Path) -> set[int]:
     config = json.loads((directory / "generation_config.json").read_text())
     eos = config.get("eos_token_id", [])
     return set(eos if isinstance(eos, list) else [eos])
-
-
-def greedy(
-    sess: ort.InferenceSession,
-    prompt: list[int],
-    max_new: int,
-    eos: set[int],
-    max_length: int = 0,
-    head_dim_hint: int = 0,
-) -> list[int]:
-    """Greedy decoding with the KV cache. Optimum graphs: zero-length past, present fed back. genai graphs
-    (GroupQueryAttention, shared buffer): past preallocated to `max_length`, the mask says what is valid."""
-    inputs = {i.name: i for i in sess.get_inputs()}
-    out_names = [o.name for o in sess.get_outputs()]
-    past_names = [n for n in inputs if n.startswith("past_key_values.")]
-    _, kv_heads, _, head_dim = inputs["past_key_values.0.key"].shape
-    if not isinstance(head_dim, int):  # genai graphs name it (kv_cache_dim): read it from the config instead
-        head_dim = int(head_dim_hint)
-    dtype = np.float16 if inputs["past_key_values.0.key"].type == "tensor(float16)" else np.float32
-    past = {n: np.zeros((1, kv_heads, max_length, head_dim), dtype) for n in past_names}
-    step = np.array([prompt], np.int64)
-    done, new = 0, []
-    for _ in range(max_new):
-        total = done + step.shape[1]
-        feeds = {"input_ids": step, "attention_mask": np.ones((1, total), np.int64), **past}
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(done, total, dtype=np.int64)[None, :]
-        result = dict(zip(out_names, sess.run(None, feeds)))
-        token = int(result["logits"][0, -1].argmax())
-        new.append(token)
-        if token in eos:
-            break
-        past = {n: result[n.replace("past_key_values.", "present.")] for n in past_names}
-        done, step = total, np.array([[token]], np.int64)
-    return new
 
 
 def teacher_forced_agreement(sess: ort.InferenceSession, prompt: list[int], reference: list[int]) -> float:

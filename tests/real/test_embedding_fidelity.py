@@ -17,7 +17,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from engine.api import Engine
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.real.conftest import MODELS, model_dir
 from tests.real.helpers import mean_pooled, session, stdlib_sentences
 
@@ -89,7 +89,7 @@ def test_engine_fp32_matches_plain_ort(
 
 
 def test_int8_file_close_to_fp32(engine: Engine, minilm: Path, sentences: list[str], reference: np.ndarray) -> None:
-    info = engine.load(
+    info = engine.model_info(
         parse_profile(
             {"model_path": str(minilm), "intra_op_threads": "2", "cpu_affinity": "none"},
             "text-embedding",

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.generation.api import generate
 from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
-from engine.generation.messages import ChatMessage, ToolCall, ToolSpec
 from engine.generation.sampling import SamplingParams
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
+from engine.text.messages import ChatMessage, ToolCall, ToolSpec
 
 REAL = os.environ.get("ONNX_LOCAL_REAL_MODELS")
 pytestmark = pytest.mark.skipif(not REAL, reason="set ONNX_LOCAL_REAL_MODELS=.models to run the real-model checks")
@@ -45,7 +44,7 @@ def profile(name: str):
 
 
 def answer(engine: Engine, name: str, messages: list[ChatMessage], tools: list[ToolSpec] | None = None):
-    events = list(generate(engine, profile(name), messages, GREEDY, tools or ()))
+    events = list(engine.generate(profile(name), messages, GREEDY, tools or ()))
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     calls = [e.call for e in events if isinstance(e, ToolCallDelta)]
     finished = events[-1]

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.loading import create_session
 from engine.model_files import find_model_files
-from engine.profile import QuantizationSettings
 from engine.quantize import prepare_onnx_file
+from engine.session_builder import create_session
+from engine.settings.profile import QuantizationSettings
+from reference.ort_greedy import greedy
 from tests.real.conftest import REPO, model_dir
-from tests.real.helpers import eos_ids, greedy
+from tests.real.helpers import eos_ids
 from tests.real.test_qwen_fidelity import OPTIMUM, decode, encode
 
 SETTINGS = QuantizationSettings("int4", block_size=32, accuracy_level=4)
@@ -29,9 +30,9 @@ SECOND_LOAD = """
 import json, sys, time
 from pathlib import Path
 started = time.monotonic()
-from engine.loading import create_session
+from engine.session_builder import create_session
 from engine.model_files import find_model_files
-from engine.profile import QuantizationSettings
+from engine.settings.profile import QuantizationSettings
 from engine.quantize import prepare_onnx_file
 import onnxruntime as ort
 imported = time.monotonic()

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from reference.ort_greedy import greedy
 from tests.real.conftest import model_dir
-from tests.real.helpers import chat_prompt, eos_ids, greedy, session, teacher_forced_agreement
+from tests.real.helpers import chat_prompt, eos_ids, session, teacher_forced_agreement
 
 OPTIMUM = "qwen2.5-coder-0.5b-instruct-optimum"
 GENAI = "qwen2.5-coder-0.5b-instruct-genai"
@@ -90,7 +91,7 @@ def test_capital_of_france(name: str, file: str) -> None:
     sess = session(directory / file)
     ids = encode(directory, "What is the capital of France?")
     genai = name == GENAI
-    new = greedy(sess, ids, 24, eos_ids(directory), max_length=256 if genai else 0, head_dim_hint=64 if genai else 0)
+    new = greedy(sess, ids, 24, eos_ids(directory), max_length=256 if genai else 0, head_dim=64 if genai else None)
     text = decode(directory, new)
     print(f"\n{name}/{file}: {text!r}")
     assert "Paris" in text

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.api import Engine
-from engine.profile import parse_profile
+from engine.settings.profile import parse_profile
 from tests.real.conftest import MODELS, model_dir
 
 DOCS = [

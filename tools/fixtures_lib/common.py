@@ -1,8 +1,7 @@
-"""Determinism, JSON writing and file hashing shared by the fixture builders."""
+"""Determinism, JSON writing and the fixtures' SHA256SUMS, shared by the fixture builders."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -12,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from reference.files import sha256_file
 
 # Files in the fixtures directory that are written by hand, not by the generator.
 HAND_WRITTEN = frozenset({"README.md"})
@@ -45,10 +46,6 @@ def copy_files(src: Path, dst: Path, names: list[str]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copyfile(src / name, dst / name)
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def generated_files(root: Path) -> list[str]:

