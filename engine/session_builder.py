@@ -48,7 +48,7 @@ def build_session_options(settings: SessionSettings, placement: Placement) -> or
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if placement.adaptive:
-        # Pool threads spin only inside a run: between runs the cores are free for the model that gets them next.
+        # Spinning that was asked for stops when a run ends: between runs the cores may belong to another model.
         options.add_session_config_entry("session.force_spinning_stop", "1")
     elif placement.cores is not None and placement.threads > 1:
         # N threads = the calling (worker) thread + N-1 pool threads; the worker pins itself.
@@ -94,5 +94,5 @@ def session_for(
     # The session's pool threads start during creation; the placement's lease moves them with the model's share.
     session, pool_threads = threads_started_by(lambda: create_session(path, options, model_bytes))
     if placement.lease is not None:
-        placement.lease.add_threads(pool_threads)
+        placement.lease.add_threads(pool_threads, pool=True)
     return session, path
