@@ -18,6 +18,7 @@ help:
 	@echo "make bench-llm    LLM decode/TTFT benchmark: engine, plugin, bare ONNX Runtime, llama.cpp"
 	@echo "make bench-llm-env  build llama.cpp (llama-cpp-python from source) for bench-llm, ~11 min"
 	@echo "make bench-sampling  per-token cost of the sampler on a Qwen-sized vocabulary (no model needed)"
+	@echo "make bench-coloc  chat LLM + embedder in one plugin process: defaults vs hand-tuned vs naive (needs make models)"
 	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"
 
 setup: $(STAMP)

@@ -38,3 +38,10 @@ bench-llm: setup
 # Per-token cost of the sampler on a Qwen-sized vocabulary (seconds; no model needed).
 bench-sampling: setup
 	$(PY) bench/sampling.py
+
+# Co-location: a chat LLM and an embedder in one plugin process (needs `make models`): defaults, hand-tuned and
+# naive settings side by side, each model alone and both busy. JSON + PNG in bench/results/coloc.*
+BENCH_COLOC_ARGS ?=
+.PHONY: bench-coloc
+bench-coloc: setup
+	$(PY) bench/coloc.py $(BENCH_COLOC_ARGS)

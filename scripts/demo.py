@@ -8,7 +8,6 @@ all-MiniLM-L6-v2 and a rerank with the stand-in cross-encoder, each with its tim
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ MODELS = REPO / ".models"
 LLM = "qwen2.5-coder-0.5b-instruct-genai"
 EMBEDDER = "all-minilm-l6-v2"
 RERANKER = "minilm-reranker-standin"
-THREADS = str(len(os.sched_getaffinity(0)))
+# Every runtime setting left empty, as a new user adds a model: placement shares the cores between the models.
 
 
 def say(text: str = "") -> None:
@@ -40,8 +39,8 @@ def ensure_models() -> None:
 
 
 def chat(plugin: PluginProcess, question: str) -> None:
-    credentials = {"model_path": LLM, "intra_op_threads": THREADS, "cpu_affinity": "auto"}
-    say(f"▶ chat with {LLM} ({THREADS} threads)")
+    credentials = {"model_path": LLM}
+    say(f"▶ chat with {LLM} (default settings)")
     records = plugin.request(model_request("validate_model_credentials", "llm", "qwen", credentials), timeout=300)
     if records[0]["type"] == "error":
         raise SystemExit(f"loading {LLM} failed: {error_of(records)['message']}")
@@ -96,7 +95,7 @@ def chat(plugin: PluginProcess, question: str) -> None:
 
 
 def similarity(plugin: PluginProcess) -> None:
-    credentials = {"model_path": EMBEDDER, "intra_op_threads": THREADS, "cpu_affinity": "auto"}
+    credentials = {"model_path": EMBEDDER}
     query = "How do I bake bread at home?"
     documents = [
         "A recipe for homemade sourdough bread.",
@@ -129,7 +128,7 @@ def similarity(plugin: PluginProcess) -> None:
 
 
 def rerank(plugin: PluginProcess) -> None:
-    credentials = {"model_path": RERANKER, "intra_op_threads": THREADS, "cpu_affinity": "auto"}
+    credentials = {"model_path": RERANKER}
     query = "sort a list in python"
     docs = [
         "Use sorted(iterable) or list.sort() to order the items of a list.",

@@ -195,3 +195,23 @@ def test_threads_beyond_allowed_cpus(tmp_path: Path) -> None:
 def test_affinity_string_is_one_based_per_pool_thread() -> None:
     assert thread_affinity_string((0, 1), 1) == "1,2"
     assert thread_affinity_string((2, 5), 2) == "3,6;3,6"
+
+
+def test_numa_each_model_stays_on_one_node_and_the_quota_caps_its_share(tmp_path: Path) -> None:
+    sys_root, proc_root = fake_sysfs(tmp_path, "0-7", ["0-3", "4-7"])
+    allocator = CoreAllocator(
+        CpuTopology.read(sys_root, proc_root, allowed=set(range(8))), CoreGovernor(RecordingPin())
+    )
+    first = allocator.place(PlacementSettings("auto"), session(None), "first").lease
+    second = allocator.place(PlacementSettings("auto"), session(None), "second").lease
+    assert first is not None and second is not None
+    assert first.cores == (0, 1, 2, 3) and second.cores == (4, 5, 6, 7)  # a node each, all of it
+    third = allocator.place(PlacementSettings("auto"), session(None), "third").lease
+    assert third is not None and {cpu < 4 for cpu in third.cores} == {True}
+    assert set(third.cores).isdisjoint(first.cores) and len(first.cores) == 2  # the first node is split
+    sys_root, proc_root = fake_sysfs(tmp_path / "quota", "0-7", ["0-7"], cpu_max="300000 100000")
+    allocator = CoreAllocator(
+        CpuTopology.read(sys_root, proc_root, allowed=set(range(8))), CoreGovernor(RecordingPin())
+    )
+    alone = allocator.place(PlacementSettings("auto"), session(None), "alone")
+    assert alone.threads == 3 and alone.cores == (0, 1, 2)
