@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.corpus import mixed_chunks, queries  # noqa: E402
+from bench.embed import cpu_model  # noqa: E402
 from tests.plugin.daemon import PluginProcess, error_of, model_request  # noqa: E402
 
 LLM_DIR = "qwen2.5-coder-0.5b-instruct-genai"
@@ -267,7 +268,7 @@ def chart(results: dict[str, dict], path: Path) -> None:
     names = list(results)
     panels = [
         ("LLM decode tok/s", lambda r, p: r[p]["decode_tok_s"], ("llm_alone", "together")),
-        ("token gap p99 ms (together)", lambda r, p: r[p]["gap_p99_ms"], ("llm_alone", "together")),
+        ("token gap p99 ms", lambda r, p: r[p]["gap_p99_ms"], ("llm_alone", "together")),
         ("documents embedded /s", lambda r, p: r[p]["docs_per_s"], ("embedder_alone", "together")),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 4))
@@ -300,7 +301,7 @@ def main() -> None:
         name: run_config(name, CONFIGS[name], models_root, args.rounds, args.seconds) for name in args.only.split(",")
     }
     report: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs allowed",
+        "machine": f"{cpu_model()}, {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs allowed",
         "load_average_before": os.getloadavg(),
         "scenario": {"new_tokens": NEW_TOKENS, "callers": CALLERS, "chunks_per_call": CHUNKS_PER_CALL},
         "results": results,
