@@ -25,7 +25,19 @@ PACKAGE_SCRIPT = REPO / "scripts" / "package.py"
 FIXTURE_EMBEDDER = REPO / "tests" / "fixtures" / "models" / "tiny-bert-embedder"
 SKIP_INSTALL_ENV = "ONNX_LOCAL_SKIP_INSTALL_TEST"
 # Present in the repository, never in the package.
-EXCLUDED_PREFIXES = ("tests/", "bench/", "tools/", "reference/", "scripts/", "docs/", "dist/", ".venv", ".git/", ".models/", ".cache/")
+EXCLUDED_PREFIXES = (
+    "tests/",
+    "bench/",
+    "tools/",
+    "reference/",
+    "scripts/",
+    "docs/",
+    "dist/",
+    ".venv",
+    ".git/",
+    ".models/",
+    ".cache/",
+)
 EXCLUDED_SUFFIXES = (".pyc", ".onnx", ".onnx.data", ".safetensors", ".gguf", ".difypkg")
 EXCLUDED_NAMES = ("Makefile", "pytest.ini", "ruff.toml", "requirements-dev.txt", ".env", ".gitignore")
 REQUIRED = (
