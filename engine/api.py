@@ -12,10 +12,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 
-from engine.channel import Channel
+from engine.channel import Channel, close_open_channels
 from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher
 from engine.encoders.loader import build_encoder
-from engine.errors import BadRequestError, SettingError
+from engine.errors import BadRequestError, EngineClosedError, SettingError
 from engine.generation.events import GenerationEvent, GenerationParams
 from engine.generation.loader import ModelTraits, build_generator, read_traits
 from engine.generation.scheduler import GenerationRequest, GenerationScheduler
@@ -119,6 +119,12 @@ class Engine:
     def close(self) -> None:
         self.registry.close()
 
+    def shutdown(self, wait_seconds: float) -> None:
+        """The process is ending: every model fails what it holds with a clear error, waiting at most
+        `wait_seconds` for runs in progress."""
+        close_open_channels(EngineClosedError("the plugin is shutting down; retry the call"))
+        self.registry.close(wait_seconds, "was stopped: the plugin is shutting down")
+
     # ---- embedding and rerank
     def embed(self, profile: RuntimeProfile, texts: Sequence[str], input_type: str = "document") -> EmbeddingOutcome:
         if input_type not in ("document", "query"):
@@ -208,6 +214,11 @@ def _stream(
 
 _default_engine: Engine | None = None
 _default_lock = allocate_lock()
+
+
+def existing_engine() -> Engine | None:
+    """The process-wide engine if it was created (shutdown must not create one)."""
+    return _default_engine
 
 
 def default_engine() -> Engine:

@@ -9,10 +9,11 @@ callback wakes the waiting greenlet. Without gevent a native event does the same
 from __future__ import annotations
 
 import collections
+import weakref
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
-from engine.native import NativeEvent, gevent_active
+from engine.native import NativeEvent, allocate_lock, gevent_active
 
 T = TypeVar("T")
 _CLOSED = object()
@@ -58,6 +59,20 @@ class _GeventWaker:
         self._watcher.close()
 
 
+# Every channel not yet closed, so that a shutting-down process can end every call exactly once.
+_open_channels: weakref.WeakSet[Channel[Any]] = weakref.WeakSet()
+_open_lock = allocate_lock()
+
+
+def close_open_channels(error: BaseException) -> int:
+    """End every call still waiting for results with `error` (process shutdown); returns how many."""
+    with _open_lock:
+        channels = list(_open_channels)
+    for channel in channels:
+        channel.close(error)
+    return len(channels)
+
+
 class Channel(Generic[T]):
     """An ordered stream of items from one producer thread to one consumer, ended by `close()`.
 
@@ -71,6 +86,8 @@ class Channel(Generic[T]):
         self._waker: _ThreadWaker | _GeventWaker | None = None
         self._error: BaseException | None = None
         self._closed = False
+        with _open_lock:
+            _open_channels.add(self)
 
     # producer side (any thread)
     def put(self, item: T) -> None:
@@ -83,6 +100,8 @@ class Channel(Generic[T]):
         self._error = error
         self._closed = True
         self._items.append(_CLOSED)
+        with _open_lock:
+            _open_channels.discard(self)
         self._notify()
 
     def _notify(self) -> None:

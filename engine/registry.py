@@ -89,12 +89,25 @@ class ModelRegistry:
         name = self._unique_name(f"{profile.model_dir.name}[{profile.model_type}]")
         interactive = profile.model_type in INTERACTIVE_TYPES
         placement = self.allocator.place(profile.placement, profile.session, name, interactive)
-        worker = Worker(name, placement, profile.blas_threads)
+        worker = Worker(name, placement, profile.blas_threads, lambda: self._forget(key, entry, "crashed"))
         entry = _Entry(placement, worker)
-        self._entries[key] = entry
         builder = self.builders[profile.model_type]
-        worker.start(lambda: self._build(builder, entry, key, profile))
+        try:
+            entry.worker.start(lambda: self._build(builder, entry, key, profile))
+        except Exception as error:  # no thread: nothing would ever answer this entry's waiters
+            self.allocator.release(placement)
+            log.error("model %s: its worker thread could not start: %s", name, error)
+            raise EngineClosedError(f"model {name} could not start a worker thread ({error}); retry later") from None
+        self._entries[key] = entry
         return entry
+
+    def _forget(self, key: tuple[Any, ...], entry: _Entry, why: str) -> None:
+        """A worker died: drop its entry (the next call loads the model again) and give its cores back."""
+        with self._lock:
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+        self.allocator.release(entry.placement)
+        log.warning("model %s forgotten: its worker %s", entry.worker.name, why)
 
     def _unique_name(self, base: str) -> str:
         """Instances of one directory with other settings get #2, #3, … (statistics and placement key on it)."""
@@ -194,11 +207,20 @@ class ModelRegistry:
         for model in idle:
             self._stop(model, f"idle for {now - model.last_used:.0f}s")
 
-    def close(self) -> None:
+    def close(self, wait_seconds: float = 30.0, reason: str = "was unloaded") -> None:
+        """Unload every model: each worker fails what it still holds (`model … {reason}`) after its current
+        step; waits at most `wait_seconds` for them all (a run in progress cannot be interrupted)."""
         with self._lock:
             self._closed = True
-        for model in self.loaded():
-            self.unload(model, "shutdown")
+            models = [entry.model for entry in self._entries.values() if entry.model is not None]
+            self._entries.clear()
+        for model in models:
+            log.info("unloading model %s (shutdown)", model.info.name)
+            model.worker.stop(reason)
+        deadline = monotonic() + wait_seconds
+        for model in models:
+            model.worker.stopped.wait(max(0.0, deadline - monotonic()))
+            self.allocator.release(model.placement)
         self._reaper_wake.set()
 
     def _reap_forever(self) -> None:

@@ -37,14 +37,18 @@ class Scheduler(Protocol):
 class Worker:
     """Runs `build()` (the model load) and then its scheduler's steps on a dedicated, pinned OS thread."""
 
-    def __init__(self, name: str, placement: Placement, blas_threads: int = 1) -> None:
+    def __init__(
+        self, name: str, placement: Placement, blas_threads: int = 1, on_crash: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
+        self._on_crash = on_crash or (lambda: None)  # the registry forgets a model whose worker died
         self.placement = placement
         self.blas_threads = blas_threads
         self.thread_ids: list[int] = []  # kernel tids of the worker thread (for diagnostics and tests)
         self._wake = NativeEvent()
         self._jobs: collections.deque[tuple[Callable[[], Any], Completion[Any]]] = collections.deque()
         self._stopping = False
+        self._stop_reason = "was unloaded"
         self.stopped = NativeEvent()
 
     def start(self, build: Callable[[], Scheduler]) -> None:
@@ -64,7 +68,9 @@ class Worker:
         self._wake.set()
         return done
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "was unloaded") -> None:
+        """Stop after the current step; what the scheduler still holds fails with `model … {reason}`."""
+        self._stop_reason = reason
         self._stopping = True
         self._wake.set()
 
@@ -78,9 +84,12 @@ class Worker:
         try:
             self._loop(scheduler)
         except BaseException:
-            log.exception("worker of model %s crashed", self.name)
+            log.exception("worker of model %s crashed; the next call loads it again", self.name)
+            self._stopping = True
+            self._stop_reason = "stopped: its worker failed (the next call loads it again)"
+            self._on_crash()
         finally:
-            closed = EngineClosedError(f"model {self.name} was unloaded")
+            closed = EngineClosedError(f"model {self.name} {self._stop_reason}")
             scheduler.close(closed)
             while self._jobs:
                 self._jobs.popleft()[1].set_error(closed)

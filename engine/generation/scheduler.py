@@ -99,6 +99,7 @@ class GenerationScheduler:
         self._lock = allocate_lock()
         self.metrics = GenerationMetrics()
         self._inbox: collections.deque[GenerationRequest] = collections.deque()
+        self._closed: BaseException | None = None  # set once by close(): later submissions fail with it
         self._active: list[_Sequence] = []
         self._turn = 0
         self._request_count = 0
@@ -114,6 +115,8 @@ class GenerationScheduler:
     ) -> GenerationRequest:
         request = GenerationRequest(list(messages), list(tools), params, channel, monotonic())
         with self._lock:
+            if self._closed is not None:
+                raise self._closed
             self._inbox.append(request)
             self._activity(True)
         self._wake()  # type: ignore[operator]
@@ -169,6 +172,7 @@ class GenerationScheduler:
 
     def close(self, error: BaseException) -> None:
         with self._lock:
+            self._closed = error
             waiting = list(self._inbox)
             self._inbox.clear()
         for request in waiting:
