@@ -1,4 +1,5 @@
-"""How the plugin process ends: when the daemon closes stdin, and on SIGTERM.
+"""How the plugin process reads stdin and ends: invalid Unicode cleaned (models/unicode_guard.py), and an exit
+when the daemon closes stdin or on SIGTERM.
 
 The daemon stops a plugin by closing its stdin, but the SDK's stdio reader treats end of file as "no data yet"
 and loops for ever, spinning a core. The reader's read is wrapped here so that end of file shuts the plugin
@@ -18,6 +19,7 @@ import gevent
 from dify_plugin.core.server.stdio import request_reader
 
 from engine import api
+from models.unicode_guard import UnicodeGuard
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,21 @@ def shutdown(reason: str) -> None:
 
 def install() -> None:
     original_read = request_reader.StdioRequestReader._read_async
+    guard = UnicodeGuard()
 
     def read_or_shut_down(self: request_reader.StdioRequestReader) -> bytes:
-        data = original_read(self)
-        if not data:  # end of file: the daemon closed our stdin
-            shutdown("stdin closed")
-        return data
+        while True:
+            data = original_read(self)
+            if not data:  # end of file: the daemon closed our stdin
+                shutdown("stdin closed")
+            replaced = guard.replaced
+            cleaned = guard.feed(data)
+            if guard.replaced > replaced:
+                log.warning(
+                    "a request held invalid Unicode: %d character(s) replaced by U+FFFD", guard.replaced - replaced
+                )
+            if cleaned:  # a chunk that only held back a split character: read on
+                return cleaned
 
     request_reader.StdioRequestReader._read_async = read_or_shut_down  # type: ignore[method-assign]
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(shutdown, "SIGTERM"))

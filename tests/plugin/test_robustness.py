@@ -1,0 +1,31 @@
+"""Every request ends exactly once, whatever it holds: invalid Unicode gets an answer, not silence."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from tests.plugin.daemon import PluginProcess, model_request, streams
+
+EMBEDDER = {"model_path": "tiny-bert-embedder", "intra_op_threads": "1", "cpu_affinity": "none"}
+
+
+def test_lone_surrogate_escape_is_answered(plugin: PluginProcess) -> None:
+    request = model_request(
+        "invoke_text_embedding", "text-embedding", "emb", EMBEDDER, texts=["ok \ud800 bad"], input_type="document"
+    )
+    (payload,) = streams(plugin.request(request, timeout=30))
+    assert len(payload["embeddings"]) == 1
+
+
+def test_invalid_utf8_bytes_are_answered(plugin: PluginProcess) -> None:
+    session = uuid.uuid4().hex
+    data = model_request("invoke_text_embedding", "text-embedding", "emb", EMBEDDER, texts=["PLACEHOLDER"])
+    line = json.dumps({"session_id": session, "event": "request", "data": {**data, "input_type": "document"}})
+    raw = line.encode().replace(b"PLACEHOLDER", b"caf\xc3\xa9 \xff\xfe broken") + b"\n"
+    assert plugin.proc is not None and plugin.proc.stdin is not None
+    plugin._queue(session)
+    plugin.proc.stdin.write(raw)
+    plugin.proc.stdin.flush()
+    (payload,) = streams(plugin.collect(session, timeout=30))
+    assert len(payload["embeddings"]) == 1
