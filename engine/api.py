@@ -31,8 +31,12 @@ from engine.worker import Scheduler
 log = logging.getLogger(__name__)
 
 # Dify's stdout line limit is 5 MiB and an embedding costs about 20 bytes per float in JSON: keep one
-# response near 2 MiB whatever the dimension.
+# response near 2 MiB whatever the dimension (max_chunks, what Dify sends per call), and refuse a call whose
+# response could not cross the daemon's line limit at all.
 RESPONSE_BUDGET_BYTES = 2 * 1024 * 1024
+RESPONSE_LIMIT_BYTES = 4 * 1024 * 1024
+JSON_BYTES_PER_FLOAT = 20
+JSON_BYTES_PER_RERANK_HIT = 64  # index, score and the JSON around a document's text
 MAX_CHUNKS_CAP = 64
 # Embedding dimension assumed for max_chunks when config.json does not give hidden_size.
 FALLBACK_DIMENSION = 1024
@@ -130,6 +134,13 @@ class Engine:
         if input_type not in ("document", "query"):
             raise BadRequestError(f"input_type {input_type!r} is not valid; allowed: document, query")
         with self.registry.use(profile, MicroBatcher) as model:
+            dimension = int(model.info.details.get("dimension", 0))
+            most = RESPONSE_LIMIT_BYTES // (JSON_BYTES_PER_FLOAT * max(1, dimension))
+            if len(texts) > most:
+                raise BadRequestError(
+                    f"this call has {len(texts)} texts; {most} vectors of {dimension} dimensions is the most one "
+                    f"response can carry ({RESPONSE_LIMIT_BYTES // 2**20} MiB): split the call"
+                )
             priority = INTERACTIVE if input_type == "query" else BULK
             outcome = model.scheduler.submit(list(texts), input_type, priority).result()
         return EmbeddingOutcome([vector.tolist() for vector in outcome.results], outcome.tokens)
@@ -144,6 +155,12 @@ class Engine:
     ) -> list[RerankHit]:
         """Scores sorted best first. top_n <= 0 or None: all; score_threshold None: none (Dify sends 0 for
         'unset' on the wire, and 0 as a threshold keeps everything a probability can score anyway)."""
+        size = sum(len(doc.encode("utf-8", "replace")) + JSON_BYTES_PER_RERANK_HIT for doc in docs)
+        if size > RESPONSE_LIMIT_BYTES:
+            raise BadRequestError(
+                f"this call's {len(docs)} documents make a response of about {size // 2**20} MiB, over the "
+                f"{RESPONSE_LIMIT_BYTES // 2**20} MiB one response can carry: split the call or send shorter texts"
+            )
         with self.registry.use(profile, MicroBatcher) as model:
             outcome = model.scheduler.submit([(query, doc) for doc in docs], "pair", INTERACTIVE).result()
         hits = [RerankHit(i, doc, float(score)) for i, (doc, score) in enumerate(zip(docs, outcome.results))]

@@ -141,6 +141,11 @@ class MicroBatcher:
         if priority == INTERACTIVE and not self._interactive_started:
             priority = BULK  # no interactive lane (e.g. driven step by step): the worker serves everything
         limit = self.settings.queue_limit
+        if limit and len(inputs) > limit:  # could never be accepted, whatever the queue holds
+            raise BadRequestError(
+                f"this call has {len(inputs)} inputs but model {self.name} queues at most {limit} (queue_limit); "
+                "split the call or raise queue_limit"
+            )
         with self._lock:
             if self._closed is not None:
                 raise self._closed

@@ -12,7 +12,7 @@ import pytest
 from engine.api import Engine
 from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher, select_batch
 from engine.encoders.runner import Tokens
-from engine.errors import EngineClosedError, InferenceError, ModelBusyError
+from engine.errors import BadRequestError, EngineClosedError, InferenceError, ModelBusyError
 from engine.settings.profile import parse_profile
 from tests.conftest import ROOTS, settings
 
@@ -187,3 +187,16 @@ class TestSelectBatch:
         # a 256-token text is not padded out with short neighbours' worth of waste
         start, end = select_batch([20, 22, 24, 256], 3, max_size=4, budget=4096)
         assert (start, end) == (3, 4)
+
+
+def test_a_single_call_over_the_queue_limit_is_a_bad_request_even_when_idle(engine: Engine) -> None:
+    profile, batcher = embedder(engine, queue_limit="10")
+    with pytest.raises(BadRequestError, match="11 inputs.*at most 10 \\(queue_limit\\)"):
+        engine.embed(profile, texts(11))
+    assert batcher.queued_inputs == 0 and engine.embed(profile, texts(10)).vectors
+
+
+def test_a_call_whose_response_cannot_cross_the_daemon_line_is_refused(engine: Engine) -> None:
+    profile, _ = embedder(engine, queue_limit="0")
+    with pytest.raises(BadRequestError, match="most one response can carry"):
+        engine.embed(profile, ["x"] * 20_000)

@@ -106,3 +106,8 @@ def test_query_longer_than_the_context_is_a_clear_error(engine: Engine) -> None:
 
 def test_no_documents(engine: Engine) -> None:
     assert engine.rerank(rerank_profile(), QUERY, []) == []
+
+
+def test_a_rerank_whose_response_cannot_cross_the_daemon_line_is_refused(engine: Engine) -> None:
+    with pytest.raises(BadRequestError, match="one response can carry"):
+        engine.rerank(rerank_profile(), "query", ["a long document " * 100] * 3000)
