@@ -84,6 +84,7 @@ class GenerationMetrics:
         self.prompt_tokens = RunningStat()
         self.completion_tokens = RunningStat()
         self.finish_reasons: dict[str, int] = {}
+        self.rejected = 0  # requests refused as busy
 
     def record(self, ttft_s: float, decode_rate: float, prompt: int, completion: int, reason: str) -> None:
         self.ttft_ms.add(ttft_s * 1000.0)
@@ -101,6 +102,7 @@ class GenerationMetrics:
                 "prompt_tokens": self.prompt_tokens.summary(),
                 "completion_tokens": self.completion_tokens.summary(),
                 "finish_reasons": dict(self.finish_reasons),
+                "rejected_calls": self.rejected,
             }
         }
 

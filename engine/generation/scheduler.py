@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from engine.channel import Channel
-from engine.errors import EngineError, InferenceError
+from engine.errors import EngineError, InferenceError, ModelBusyError
 from engine.generation.detokenize import OutputStream, TextPiece
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
 from engine.generation.prompt import PromptBuilder
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 PREFILL_CHUNK = 128
 # KV buffers (genai layout) are allocated in multiples of this many positions.
 CAPACITY_STEP = 256
+# Requests waiting for a free sequence slot, per slot: beyond that a new request is refused as busy at once
+# instead of queueing behind work that would outlast the daemon's patience.
+WAITING_PER_SLOT = 8
+# The daemon stops waiting for a request after 600 s: a request still queued by then is failed, not started.
+MAX_QUEUE_WAIT_S = 600.0
 
 
 @dataclass(eq=False)
@@ -117,6 +122,13 @@ class GenerationScheduler:
         with self._lock:
             if self._closed is not None:
                 raise self._closed
+            waiting_limit = WAITING_PER_SLOT * self.settings.max_concurrent_sequences
+            if len(self._inbox) >= waiting_limit:
+                self.metrics.rejected += 1
+                raise ModelBusyError(
+                    f"model {self.name} is busy: {len(self._inbox)} requests are waiting for one of its "
+                    f"{self.settings.max_concurrent_sequences} sequences (max_concurrent_sequences); retry later"
+                )
             self._inbox.append(request)
             self._activity(True)
         self._wake()  # type: ignore[operator]
@@ -181,7 +193,29 @@ class GenerationScheduler:
             self._remove(sequence)
             sequence.request.channel.close(error)
 
+    def _queue_deadline(self, request: GenerationRequest) -> float:
+        """When a waiting request is given up: its generation deadline (counted from submission), and at the
+        latest when the daemon stops waiting."""
+        seconds = self.settings.max_generation_seconds
+        return request.submitted + (min(seconds, MAX_QUEUE_WAIT_S) if seconds > 0 else MAX_QUEUE_WAIT_S)
+
+    def _expire_waiting(self, now: float) -> None:
+        with self._lock:
+            expired = [r for r in self._inbox if r.cancelled or now >= self._queue_deadline(r)]
+            for request in expired:
+                self._inbox.remove(request)
+        for request in expired:
+            if not request.cancelled:
+                request.channel.close(
+                    ModelBusyError(
+                        f"model {self.name} is busy: the request waited {now - request.submitted:.0f}s for a free "
+                        "sequence and was given up (max_generation_seconds counts from submission); retry later"
+                    )
+                )
+
     def _admit(self) -> None:
+        if self._inbox:
+            self._expire_waiting(monotonic())
         while self._inbox and len(self._active) < self.settings.max_concurrent_sequences:
             with self._lock:
                 request = self._inbox.popleft()
@@ -213,7 +247,8 @@ class GenerationScheduler:
                 self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
             ),
             started=now,
-            deadline=now + seconds if seconds > 0 else None,
+            # Counted from submission: time spent waiting for a slot is time the caller already waited.
+            deadline=request.submitted + seconds if seconds > 0 else None,
         )
 
     def _advance(self, sequence: _Sequence) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.channel import Channel
-from engine.errors import ModelLoadError
+from engine.errors import ModelBusyError, ModelLoadError
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta
 from engine.generation.loader import build_generator
 from engine.generation.sampling import SamplingParams
@@ -219,3 +220,35 @@ def test_finished_requests_are_counted_in_the_model_statistics() -> None:
         assert "requests=2" in format_snapshot("tiny", snapshot)
     finally:
         engine.close()
+
+
+def test_waiting_requests_are_bounded_busy_error_at_once() -> None:
+    scheduler = build(ROOT / "tiny-qwen2-decoder", max_concurrent_sequences="1")
+    log: list[tuple[int, GenerationEvent]] = []
+    for index in range(8):  # 8 waiting per sequence slot
+        submit(scheduler, f"question {index}", log, index)
+    with pytest.raises(ModelBusyError, match="8 requests are waiting"):
+        submit(scheduler, "one too many", log, 99)
+    scheduler.step()  # one starts: room for one more
+    submit(scheduler, "now accepted", log, 100)
+    run_until_idle(scheduler)
+    finished = [index for index, event in log if isinstance(event, Finished)]
+    assert sorted(finished) == [*range(8), 100]
+
+
+def test_the_deadline_counts_from_submission_and_waiting_requests_expire() -> None:
+    scheduler = build(ROOT / "tiny-qwen2-decoder", max_concurrent_sequences="1", max_generation_seconds="0.3")
+    channels = []
+    for text in ("first", "second"):
+        channel: Channel[GenerationEvent] = Channel()
+        params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=400)
+        scheduler.submit([ChatMessage("user", text)], [], params, channel)
+        channels.append(channel)
+    scheduler.step()  # the first starts (one prompt chunk); the second waits for the only slot
+    time.sleep(0.35)  # past both deadlines, counted from submission
+    run_until_idle(scheduler)
+    first_events = list(channels[0])
+    assert isinstance(first_events[-1], Finished) and first_events[-1].finish_reason == "length"
+    assert first_events[-1].completion_tokens <= 2
+    with pytest.raises(ModelBusyError, match="waited \\d+s for a free sequence"):
+        list(channels[1])
