@@ -214,8 +214,13 @@ class GenerationScheduler:
                 )
 
     def _admit(self) -> None:
+        """Start waiting requests while slots are free (one past its deadline ends at once with `length`); give up
+        those still waiting for a slot past their deadline."""
+        self._start_waiting()
         if self._inbox:
             self._expire_waiting(monotonic())
+
+    def _start_waiting(self) -> None:
         while self._inbox and len(self._active) < self.settings.max_concurrent_sequences:
             with self._lock:
                 request = self._inbox.popleft()
