@@ -23,6 +23,7 @@ from engine.metrics import format_snapshot
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_info import ModelInfo
 from engine.native import allocate_lock
+from engine.rate_limit import RateLimiter
 from engine.registry import Builder, ModelRegistry
 from engine.settings.profile import RuntimeProfile
 from engine.text.messages import ChatMessage, ToolSpec
@@ -70,8 +71,14 @@ def max_chunks_for(dimension: int) -> int:
 
 
 class Engine:
-    def __init__(self, registry: ModelRegistry | None = None) -> None:
+    def __init__(self, registry: ModelRegistry | None = None, rate_limiter: RateLimiter | None = None) -> None:
         self.registry = registry or ModelRegistry(BUILDERS)
+        self.rate_limiter = rate_limiter  # None: no per-user limit
+
+    def admit(self, user: str | None) -> None:
+        """Count one request of `user` against the per-user rate limit (RateLimitedError when over it)."""
+        if self.rate_limiter is not None:
+            self.rate_limiter.admit(user)
 
     # ---- every model type
     def model_info(self, profile: RuntimeProfile) -> ModelInfo:
@@ -243,5 +250,5 @@ def default_engine() -> Engine:
     global _default_engine
     with _default_lock:
         if _default_engine is None:
-            _default_engine = Engine()
+            _default_engine = Engine(rate_limiter=RateLimiter.from_environment())
         return _default_engine

@@ -39,3 +39,7 @@ class InferenceError(EngineError):
 
 class EngineClosedError(EngineError):
     """The model was unloaded or the engine shut down while the call was waiting."""
+
+
+class RateLimitedError(EngineError):
+    """The user sent more requests than the administrator's per-user rate limit allows."""

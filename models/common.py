@@ -13,6 +13,7 @@ from dify_plugin.errors.model import (
     CredentialsValidateFailedError,
     InvokeBadRequestError,
     InvokeError,
+    InvokeRateLimitError,
     InvokeServerUnavailableError,
 )
 
@@ -24,6 +25,7 @@ from engine.errors import (
     InferenceError,
     ModelBusyError,
     ModelLoadError,
+    RateLimitedError,
     SettingError,
 )
 from engine.model_config import DEFAULT_CONTEXT
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 INVOKE_ERROR_MAPPING: dict[type[InvokeError], list[type[Exception]]] = {
     InvokeBadRequestError: [BadRequestError, SettingError, ModelLoadError, ValueError],
     InvokeServerUnavailableError: [ModelBusyError, EngineClosedError, InferenceError],
+    InvokeRateLimitError: [RateLimitedError],
 }
 
 

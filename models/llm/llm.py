@@ -117,6 +117,7 @@ class OnnxLocalLargeLanguageModel(LargeLanguageModel):
         stream: bool = True,
         user: str | None = None,
     ) -> LLMResult | Generator[LLMResultChunk, None, None]:
+        engine().admit(user)
         profile = profile_for(credentials, ModelType.LLM)
         events = engine().generate(
             profile,

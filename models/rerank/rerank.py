@@ -17,6 +17,7 @@ class OnnxLocalRerankModel(RerankModel):
         top_n: int | None = None,
         user: str | None = None,
     ) -> RerankResult:
+        engine().admit(user)
         profile = profile_for(credentials, ModelType.RERANK)
         hits = engine().rerank(profile, query, docs, top_n=top_n, score_threshold=score_threshold)
         return RerankResult(

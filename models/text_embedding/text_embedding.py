@@ -18,6 +18,7 @@ class OnnxLocalTextEmbeddingModel(TextEmbeddingModel):
         input_type: EmbeddingInputType = EmbeddingInputType.DOCUMENT,
     ) -> TextEmbeddingResult:
         started = time.perf_counter()
+        engine().admit(user)
         profile = profile_for(credentials, ModelType.TEXT_EMBEDDING)
         outcome = engine().embed(profile, texts, EmbeddingInputType(input_type).value)
         usage = usage_for_embedding(outcome.tokens, time.perf_counter() - started)

@@ -15,7 +15,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 # Lowest first. A module may import modules of its own layer (without a cycle) and of lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.errors", "engine.native"),
-    ("engine.channel", "engine.paths", "engine.metrics", "engine.settings.table"),
+    ("engine.channel", "engine.paths", "engine.metrics", "engine.settings.table", "engine.rate_limit"),
     ("engine.settings.profile", "engine.model_config"),
     ("engine.model_files", "engine.governor", "engine.placement", "engine.quantize_cache"),
     ("engine.quantize", "engine.model_info", "engine.worker"),

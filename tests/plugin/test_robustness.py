@@ -29,3 +29,26 @@ def test_invalid_utf8_bytes_are_answered(plugin: PluginProcess) -> None:
     plugin.proc.stdin.flush()
     (payload,) = streams(plugin.collect(session, timeout=30))
     assert len(payload["embeddings"]) == 1
+
+
+def test_per_user_rate_limit_answers_rate_limit_errors() -> None:
+    import sys
+
+    from tests.conftest import FIXTURES
+    from tests.plugin.daemon import REPO, error_of
+
+    env = {"ONNX_LOCAL_MODEL_ROOTS": str(FIXTURES), "ONNX_LOCAL_RATE_LIMIT": "0.2", "ONNX_LOCAL_RATE_BURST": "2"}
+    limited = PluginProcess(sys.executable, REPO, env=env)
+    limited.start()
+    try:
+
+        def embed_as(user: str) -> list[dict]:
+            request = model_request("invoke_text_embedding", "text-embedding", "emb", EMBEDDER, texts=["hi"])
+            return limited.request({**request, "user_id": user, "input_type": "document"}, timeout=30)
+
+        assert streams(embed_as("alice")) and streams(embed_as("alice"))
+        error = error_of(embed_as("alice"))
+        assert error["error_type"] == "InvokeRateLimitError" and "per user" in error["message"]
+        assert streams(embed_as("bob"))
+    finally:
+        limited.close()
