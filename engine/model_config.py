@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelLoadError, SettingError
+from engine.paths import confined
 
 # Context when the model's files give none.
 DEFAULT_CONTEXT = {"text-embedding": 512, "rerank": 512, "llm": 2048}
@@ -20,10 +21,12 @@ MIN_CONTEXT = {"text-embedding": 1, "rerank": 1, "llm": 2}
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
-def read_json(path: Path, field: str = "model_path") -> dict[str, Any]:
-    """Read a JSON config file; the error never echoes the file's contents."""
+def read_json(path: Path, field: str = "model_path", directory: Path | None = None) -> dict[str, Any]:
+    """Read a JSON config file confined to `directory` (default: its own folder, the model directory for the
+    callers' `directory / "config.json"`); the error never echoes the file's contents."""
+    resolved = confined(path, directory)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(resolved.read_text(encoding="utf-8"))
     except OSError:
         raise ModelLoadError(field, f"{path.name} in {path.parent} could not be read") from None
     except ValueError:
@@ -33,8 +36,9 @@ def read_json(path: Path, field: str = "model_path") -> dict[str, Any]:
     return data
 
 
-def read_optional_json(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
+def read_optional_json(path: Path, directory: Path | None = None) -> dict[str, Any]:
+    """`read_json`, or {} when the file does not exist; a link leading outside is refused even then."""
+    return read_json(path, directory=directory) if confined(path, directory).is_file() else {}
 
 
 def _positive_int(value: object) -> int | None:

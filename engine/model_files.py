@@ -9,16 +9,18 @@ recognised by `genai_config.json` or by their fused `GroupQueryAttention` graph.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import onnx
 from onnx.external_data_helper import uses_external_data
 
 from engine.errors import ModelLoadError, SettingError
+from engine.model_config import read_json
+from engine.paths import confined, metadata_path
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def variant_rank(name: str) -> int:
 def _onnx_candidates(directory: Path) -> list[Path]:
     found: list[Path] = []
     for folder in (directory, directory / "onnx"):
-        if folder.is_dir():
+        if confined(folder, directory).is_dir():  # an `onnx` link leading out is refused, not listed
             found.extend(sorted(p for p in folder.glob("*.onnx") if p.is_file()))
     return found
 
@@ -94,8 +96,44 @@ QUANTIZED_OPS = frozenset(
 class _GraphFacts:
     kind: str
     fused_attention: bool
-    external: tuple[Path, ...]
+    locations: tuple[str, ...]  # external-data file names, relative to the graph's folder, each once
     quantized: bool = False
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    """Tensors held by node attributes (Constant values, subgraphs of If/Loop/Scan): ONNX Runtime loads their
+    external data too."""
+    for node in nodes:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            for sparse in attribute.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            if attribute.HasField("g"):
+                yield from _graph_tensors(attribute.g)
+            for graph in attribute.graphs:
+                yield from _graph_tensors(graph)
+
+
+def _external_locations(model: onnx.ModelProto) -> tuple[str, ...]:
+    locations: list[str] = []
+    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
+    for tensor in tensors:
+        if uses_external_data(tensor):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if location not in locations:
+                locations.append(location)
+    return tuple(locations)
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,18 +149,8 @@ def _inspect(path: Path, size: int, mtime_ns: int) -> _GraphFacts:
     decoder = any(name.startswith("past_key_values") or name.startswith("past_key") for name in inputs)
     ops = {node.op_type for node in model.graph.node}
     fused = "GroupQueryAttention" in ops
-    locations: list[str] = []
-    for tensor in model.graph.initializer:
-        if uses_external_data(tensor):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if location and location not in locations:
-                locations.append(location)
-    external = tuple(path.parent / loc for loc in locations)
-    missing = [p.name for p in external if not p.is_file()]
-    if missing:
-        raise ModelLoadError("model_path", f"{path.name} needs external data file(s) {', '.join(missing)} beside it")
     kind = "decoder" if decoder else "encoder" if "input_ids" in inputs else "unknown"
-    return _GraphFacts(kind, fused, external, bool(ops & QUANTIZED_OPS))
+    return _GraphFacts(kind, fused, _external_locations(model), bool(ops & QUANTIZED_OPS))
 
 
 def _facts(path: Path) -> _GraphFacts:
@@ -130,9 +158,22 @@ def _facts(path: Path) -> _GraphFacts:
     return _inspect(path, stat.st_size, stat.st_mtime_ns)
 
 
-def external_data_files(onnx_path: Path) -> tuple[Path, ...]:
-    """The external-data files an ONNX graph references (each listed once)."""
-    return _facts(onnx_path).external
+def external_data_files(onnx_path: Path, directory: Path | None = None) -> tuple[Path, ...]:
+    """The external-data files an ONNX graph references (each listed once), resolved and confined to `directory`
+    (default: the graph's folder). Checked here, before any session exists, because ONNX Runtime opens them
+    itself when it loads the graph. Resolved on every call: a symlink may change without the graph changing."""
+    directory = onnx_path.parent if directory is None else directory
+    source = onnx_path.relative_to(directory).as_posix() if onnx_path.is_relative_to(directory) else onnx_path.name
+    files = tuple(
+        metadata_path(directory, location, source, "external data location", base=onnx_path.parent)
+        for location in _facts(onnx_path).locations
+    )
+    missing = [p.name for p in files if not p.is_file()]
+    if missing:
+        raise ModelLoadError(
+            "model_path", f"{onnx_path.name} needs external data file(s) {', '.join(missing)} beside it"
+        )
+    return files
 
 
 def graph_kind(onnx_path: Path) -> str:
@@ -146,15 +187,21 @@ def is_quantized(onnx_path: Path) -> bool:
 
 
 def _genai_file(directory: Path) -> Path | None:
-    config_path = directory / "genai_config.json"
+    config_path = confined(directory / "genai_config.json", directory)
     if not config_path.is_file():
         return None
     try:
-        config = json.loads(config_path.read_text())
-        filename = config["model"]["decoder"]["filename"]
-    except (OSError, ValueError, KeyError, TypeError):
+        filename = read_json(config_path)["model"]["decoder"]["filename"]
+    except (KeyError, TypeError):
         raise ModelLoadError("model_path", f"genai_config.json in {directory} is not a valid genai config") from None
-    return directory / str(filename)
+    return metadata_path(directory, filename, "genai_config.json", "model.decoder.filename")
+
+
+def _check_model_file(model_file: str) -> None:
+    """A form value: a file name or a path relative to the model directory, never leading out of it."""
+    path = PurePosixPath(model_file)
+    if path.is_absolute() or ".." in path.parts or "\0" in model_file:
+        raise SettingError("model_file", model_file, "auto or a path relative to the model directory, without '..'")
 
 
 def _auto_choice(candidates: list[Path], directory: Path) -> Path:
@@ -164,10 +211,12 @@ def _auto_choice(candidates: list[Path], directory: Path) -> Path:
 
 
 def find_model_files(directory: Path, model_file: str = "auto") -> ModelFiles:
-    """The ONNX file `auto` (best for CPU) or `model_file` (a file name or path relative to the directory) selects."""
+    """The ONNX file `auto` (best for CPU) or `model_file` (a file name or path relative to the directory) selects.
+    Every path in the result is resolved and inside `directory`."""
     genai_path = _genai_file(directory)
     candidates = _onnx_candidates(directory)
     if model_file != "auto":
+        _check_model_file(model_file)
         chosen = next(
             (p for p in candidates if p.name == model_file or str(p.relative_to(directory)) == model_file), None
         )
@@ -180,12 +229,14 @@ def find_model_files(directory: Path, model_file: str = "auto") -> ModelFiles:
         chosen = _auto_choice(candidates, directory)
     else:
         raise ModelLoadError("model_path", f"no .onnx file in {directory} or {directory / 'onnx'}")
+    chosen = confined(chosen, directory)
     if not chosen.is_file():
         raise ModelLoadError("model_path", f"{chosen.name} named in genai_config.json does not exist")
     facts = _facts(chosen)
+    external = external_data_files(chosen, directory)
     genai = (genai_path is not None and chosen == genai_path) or facts.fused_attention
-    size = chosen.stat().st_size + sum(p.stat().st_size for p in facts.external)
-    files = ModelFiles(directory, chosen, "genai" if genai else "optimum", size, facts.kind, facts.external)
+    size = chosen.stat().st_size + sum(p.stat().st_size for p in external)
+    files = ModelFiles(directory, chosen, "genai" if genai else "optimum", size, facts.kind, external)
     _log_choice(files)
     return files
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from engine.errors import ModelLoadError, SettingError
 from engine.model_files import ModelFiles, external_data_files, graph_kind, is_quantized
-from engine.quantize_cache import build_entry, cached_file_hash, resolve_cache_root
+from engine.quantize_cache import build_entry, cache_root, cached_file_hash
 from engine.settings.profile import QuantizationSettings
 
 log = logging.getLogger(__name__)
@@ -265,7 +265,7 @@ def _quantize(
 
 def _source_hash(files: ModelFiles, root: Path) -> str:
     digest = hashlib.sha256()
-    for path in (files.onnx_path, *external_data_files(files.onnx_path)):
+    for path in (files.onnx_path, *files.external_data):
         digest.update(f"{path.name}\0{cached_file_hash(path, root)}\0".encode())
     return digest.hexdigest()
 
@@ -274,7 +274,7 @@ def cache_entry(files: ModelFiles, settings: QuantizationSettings) -> tuple[Path
     """(cache root, entry name, manifest info) of a source file and settings: the name is derived from the source's
     content hash, the settings that matter for the method and the onnxruntime/onnx versions."""
     method = settings.method
-    root = resolve_cache_root(settings.cache_dir)
+    root = cache_root()
     source = files.onnx_path
     info: dict[str, object] = {
         "source": str(source),

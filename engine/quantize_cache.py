@@ -4,7 +4,8 @@ An entry is a directory `<cache root>/<name>-<key>/` holding the quantized file(
 written last and lists every file's size and sha256: an entry without a valid manifest, or whose files do not
 match it, is treated as absent and rebuilt. Builds run in a temp dir that is renamed into place, under an
 in-process lock per key plus an `fcntl.flock` on a lock file, so concurrent loads (threads or processes)
-quantize once.
+quantize once; the temp dirs a killed build leaves behind are removed under the same lock. The cache root is the
+administrator's (ONNX_LOCAL_CACHE_DIR or the default), never a per-model setting.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,9 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine.errors import SettingError
+from engine.errors import ModelLoadError
 from engine.native import allocate_lock, native_thread_id
-from engine.paths import model_roots
+from engine.paths import confined
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +55,21 @@ def default_cache_root() -> Path:
     return (base / "onnx_local").resolve()
 
 
-def resolve_cache_root(cache_dir: str) -> Path:
-    """The cache root of a profile; a user-given directory must lie inside the model roots or the default root
-    (the form value comes from a workspace user, the environment from the administrator)."""
-    default = default_cache_root()
-    value = (cache_dir or "").strip()
-    if not value:
-        root = default
-    else:
-        allowed = (*model_roots(), default)
-        root = Path(value).expanduser()
-        root = (root if root.is_absolute() else default / root).resolve()
-        if not any(root == base or root.is_relative_to(base) for base in allowed):
-            where = ", ".join(str(base) for base in allowed)
-            raise SettingError("quant_cache_dir", value, f"empty (default cache) or a directory inside {where}")
+def cache_root() -> Path:
+    """The cache root, created if needed. Only the administrator chooses it (ONNX_LOCAL_CACHE_DIR): a form field
+    would let any workspace aim multi-GB writes anywhere the plugin can write."""
+    root = default_cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SettingError("quant_cache_dir", value or str(root), f"a writable directory ({error.strerror})") from None
+        raise ModelLoadError("quantization", _unwritable(root, error.strerror or "cannot be created")) from None
     if not os.access(root, os.W_OK):
-        raise SettingError("quant_cache_dir", value or str(root), "a writable directory")
+        raise ModelLoadError("quantization", _unwritable(root, "no write permission"))
     return root
+
+
+def _unwritable(root: Path, reason: str) -> str:
+    return f"the quantization cache {root} is not writable ({reason}); the administrator sets it with {CACHE_DIR_ENV}"
 
 
 def sha256_file(path: Path) -> str:
@@ -124,20 +120,50 @@ def _key_lock(key: str) -> Any:
 
 
 @contextmanager
-def entry_lock(root: Path, name: str) -> Iterator[None]:
-    """Exclusive for this entry: first among this process's threads, then across processes."""
-    with _key_lock(str(root / name)):
-        lock_path = root / f".{name}.lock"
-        with lock_path.open("a") as handle:
+def entry_lock(root: Path, name: str, wait: bool = True) -> Iterator[bool]:
+    """Exclusive for this entry: first among this process's threads, then across processes. Yields True once
+    held; with `wait=False`, yields False at once when someone else holds it."""
+    key_lock = _key_lock(str(root / name))
+    if not key_lock.acquire(wait):
+        yield False
+        return
+    try:
+        with (root / f".{name}.lock").open("a") as handle:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 log.info("waiting for another process that is building quantization cache entry %s", name)
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    finally:
+        key_lock.release()
+
+
+def _temp_dirs(root: Path, name: str) -> list[Path]:
+    """Build folders of entry `name` (`_temp_dir`'s names), live or left behind by a killed build."""
+    pattern = re.compile(rf"\.tmp-{re.escape(name)}-\d+-\d+")
+    try:
+        return [root / child for child in os.listdir(root) if pattern.fullmatch(child)]
+    except OSError:
+        return []
+
+
+def _temp_dir(root: Path, name: str) -> Path:
+    return root / f".tmp-{name}-{os.getpid()}-{native_thread_id()}"
+
+
+def _remove_orphans(root: Path, name: str) -> None:
+    """Only under the entry's lock: every live build of the entry holds it, so its build folders are orphans
+    (a process killed mid-build; multi-GB with real models)."""
+    for path in _temp_dirs(root, name):
+        log.warning("removing %s, left behind by an interrupted quantization", path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_entry(entry: Path, main_file: str) -> Path | None:
@@ -151,7 +177,9 @@ def read_entry(entry: Path, main_file: str) -> Path | None:
         if manifest.get("version") != MANIFEST_VERSION or main_file not in files:
             return None
         for name, expected in files.items():
-            path = entry / name
+            if "/" in name or name in ("", ".", ".."):
+                return None
+            path = confined(entry / name, entry)  # a manifest never leads out of its entry
             stat = path.stat()
             if stat.st_size != int(expected["size"]):
                 return None
@@ -160,7 +188,7 @@ def read_entry(entry: Path, main_file: str) -> Path | None:
                 if sha256_file(path) != expected["sha256"]:
                     return None
                 _verified.add(ident)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, ModelLoadError):
         return None
     return entry / main_file
 
@@ -174,16 +202,20 @@ def build_entry(
     entry = root / name
     found = read_entry(entry, main_file)
     if found is not None:
+        if _temp_dirs(root, name):
+            with entry_lock(root, name, wait=False) as held:  # held by someone: a build is live, leave it
+                if held:
+                    _remove_orphans(root, name)
         return found, False
     with entry_lock(root, name):
+        _remove_orphans(root, name)
         found = read_entry(entry, main_file)  # another thread or process may have built it meanwhile
         if found is not None:
             return found, False
         if entry.exists():
             log.warning("quantization cache entry %s is incomplete or corrupt; rebuilding it", entry)
             shutil.rmtree(entry, ignore_errors=True)
-        tmp = root / f".tmp-{name}-{os.getpid()}-{native_thread_id()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = _temp_dir(root, name)
         tmp.mkdir(parents=True)
         try:
             build(tmp / main_file)

@@ -11,22 +11,25 @@ from tokenizers import Tokenizer
 
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_config import read_optional_json
+from engine.paths import confined, metadata_path
 from engine.settings.profile import EmbeddingSettings
 
 
 def pooling_from_sentence_transformers(directory: Path) -> str | None:
     """The pooling a sentence-transformers model was trained with, from modules.json → Pooling config."""
-    pooling_dir = "1_Pooling"
-    modules_path = directory / "modules.json"
+    pooling_dir = directory / "1_Pooling"
+    modules_path = confined(directory / "modules.json", directory)
     if modules_path.is_file():
         try:
-            modules = json.loads(modules_path.read_text())
-        except ValueError:
+            modules = json.loads(modules_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             modules = []
         for module in modules if isinstance(modules, list) else []:
-            if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
-                pooling_dir = str(module.get("path", pooling_dir))
-    config = read_optional_json(directory / pooling_dir / "config.json") if (directory / pooling_dir).is_dir() else {}
+            if not isinstance(module, dict) or not str(module.get("type", "")).endswith("Pooling"):
+                continue
+            if isinstance(path := module.get("path"), str) and path:  # "" or garbage: the default folder
+                pooling_dir = metadata_path(directory, path, "modules.json", "Pooling path")
+    config = read_optional_json(pooling_dir / "config.json", directory) if pooling_dir.is_dir() else {}
     for key, mode in (
         ("pooling_mode_cls_token", "cls"),
         ("pooling_mode_lasttoken", "last"),
@@ -80,18 +83,20 @@ class EmbeddingTask:
         self.counter.no_truncation()
         self.tokenizer.enable_truncation(max_length=self.context_size)
 
-    def prefix(self, input_type: str) -> str:
-        return self.settings.query_prefix if input_type == "query" else self.settings.document_prefix
-
-    def tokenize(self, texts: Sequence[str], input_type: str) -> list[Tokens]:
-        prefix = self.prefix(input_type)
+    def tokenize(self, texts: Sequence[str], input_type: str, options: EmbeddingSettings | None = None) -> list[Tokens]:
+        """`options`: the call's prefixes and normalization (per call: they need no other loaded instance)."""
+        settings = options or self.settings
+        prefix = settings.query_prefix if input_type == "query" else settings.document_prefix
         encodings = self.tokenizer.encode_batch([prefix + text for text in texts])
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
     def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
+        """Pooled sentence vectors, one per input (not normalized: that is the call's choice, in `finish`)."""
         output, mask = self.runner.run(batch)
         vectors = output if self.runner.output_rank == 2 else pool(output, mask, self.pooling)
-        vectors = vectors.astype(np.float32, copy=False)
-        if self.settings.normalize:
-            vectors = l2_normalize(vectors)
-        return list(vectors)
+        return list(vectors.astype(np.float32, copy=False))
+
+    def finish(self, vectors: list[np.ndarray], options: EmbeddingSettings | None = None) -> list[np.ndarray]:
+        if not (options or self.settings).normalize or not vectors:
+            return vectors
+        return list(l2_normalize(np.stack(vectors)))

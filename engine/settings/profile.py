@@ -8,7 +8,7 @@ mutating a running one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import SettingError
@@ -36,7 +36,6 @@ class QuantizationSettings:
     method: str  # none | int8 | int4
     block_size: int = 32
     accuracy_level: int = 4
-    cache_dir: str = ""  # "": ONNX_LOCAL_CACHE_DIR or the default cache root
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,25 @@ def parse_core_list(field_name: str, text: str) -> tuple[int, ...]:
     return tuple(sorted(cores))
 
 
+def instance_settings(profile: RuntimeProfile) -> RuntimeProfile:
+    """The profile with every per-call setting (scope `call` in the settings table) at its default: what a
+    loaded instance is keyed on, so that a change of queueing, batching, prefixes, normalization, score mode,
+    idle time or generation limits reuses the loaded model instead of loading another copy.
+    tests/engine/test_profile.py checks this against the table's scopes."""
+    return replace(
+        profile,
+        idle_unload_seconds=0.0,
+        batching=None,
+        embedding=replace(profile.embedding, normalize=True, query_prefix="", document_prefix="")
+        if profile.embedding
+        else None,
+        rerank=RerankSettings("probability") if profile.rerank else None,
+        generation=replace(profile.generation, max_generation_seconds=0.0, prompt_overflow="error")
+        if profile.generation
+        else None,
+    )
+
+
 class _Form:
     """Dify's credential values (strings, or None / '' when left empty) read through the settings table."""
 
@@ -150,7 +168,6 @@ def parse_profile(
         method=form["quantization"],
         block_size=form["quant_block_size"],
         accuracy_level=int(form["quant_accuracy_level"]),
-        cache_dir=form["quant_cache_dir"].strip(),
     )
     embedding = rerank = generation = batching = None
     if model_type == "text-embedding":

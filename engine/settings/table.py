@@ -109,7 +109,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "quant_accuracy_level", CHOICE, "4", options=("0", "1", "2", "3", "4"), show_on=(("quantization", "int4"),)
     ),
-    Setting("quant_cache_dir", TEXT, ""),
     # ONNX Runtime session and placement
     _int("intra_op_threads", "auto", 1, MAX_THREADS, auto=True),
     _int("inter_op_threads", "1", 1, MAX_THREADS),

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from engine.errors import ModelLoadError
+from engine.paths import confined
 
 # Rayon's global pool would be created by whichever model tokenizes first and inherit that model's CPU
 # pinning; tokenizing sequentially on each model's own (pinned) worker thread keeps placement exact.
@@ -15,7 +16,7 @@ from tokenizers import Tokenizer
 
 
 def load_tokenizer(directory: Path) -> Tokenizer:
-    path = directory / "tokenizer.json"
+    path = confined(directory / "tokenizer.json", directory)
     if not path.is_file():
         raise ModelLoadError("model_path", f"no tokenizer.json in {directory} (the Hugging Face fast-tokenizer file)")
     try:

@@ -18,11 +18,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.errors import ModelLoadError, SettingError
+from engine.errors import ModelLoadError
 from engine.model_files import ModelFiles, find_model_files
 from engine.quantize import cache_entry, prepare_onnx_file
 from engine.quantize_cache import MANIFEST, entry_lock
-from engine.settings.profile import QuantizationSettings
+from engine.settings.profile import QuantizationSettings, parse_profile
+from engine.settings.table import BY_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "models"
@@ -201,7 +202,8 @@ import logging, sys
 from pathlib import Path
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
 from engine.model_files import find_model_files
-from engine.settings.profile import QuantizationSettings
+from engine.settings.profile import QuantizationSettings, parse_profile
+from engine.settings.table import BY_NAME
 from engine.quantize import cache_entry, prepare_onnx_file
 path = prepare_onnx_file(find_model_files(Path(sys.argv[1])), QuantizationSettings("int4"))
 sys.stderr.write("RESULT " + str(path) + "\\n")
@@ -264,15 +266,93 @@ def test_already_quantized_source_is_loaded_as_is(model_dir: Path, cache: Path) 
     assert prepare_onnx_file(files, quant("int8")) == target
 
 
-def test_cache_dir_must_be_inside_allowed_roots(model_dir: Path, cache: Path, tmp_path: Path) -> None:
+def test_cache_root_is_the_administrators(
+    model_dir: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No form value aims the cache: only ONNX_LOCAL_CACHE_DIR (or the default), and a bad one names it."""
+    assert "quant_cache_dir" not in BY_NAME and not hasattr(QuantizationSettings("int8"), "cache_dir")
+    form = {"model_path": str(model_dir), "quantization": "int8", "quant_cache_dir": "/etc"}
+    stale = parse_profile(form, "text-embedding", (tmp_path,))
     files = find_model_files(model_dir)
-    inside = tmp_path / "models" / "my-cache"
-    assert prepare_onnx_file(files, quant("int8", cache_dir=str(inside))).is_relative_to(inside)
-    assert prepare_onnx_file(files, quant("int8", cache_dir="sub")).is_relative_to(cache / "sub")
-    for outside in (str(tmp_path / "elsewhere"), "/etc", str(cache / ".." / "escape")):
-        with pytest.raises(SettingError) as info:
-            prepare_onnx_file(files, quant("int8", cache_dir=outside))
-        assert info.value.field == "quant_cache_dir"
+    assert prepare_onnx_file(files, stale.quantization).is_relative_to(cache)  # a saved old value is ignored
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("ONNX_LOCAL_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(ModelLoadError) as info:
+        prepare_onnx_file(files, quant("int4"))
+    assert info.value.field == "quantization" and "ONNX_LOCAL_CACHE_DIR" in str(info.value)
+
+
+def orphan(root: Path, name: str, pid: int = 999999, tid: int = 7) -> Path:
+    """A build folder as a killed build leaves it: a partial file, no manifest."""
+    folder = root / f".tmp-{name}-{pid}-{tid}"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"partial" * 1000)
+    return folder
+
+
+def test_orphaned_temp_dir_is_removed_before_building(model_dir: Path, cache: Path) -> None:
+    files = find_model_files(model_dir)
+    root, name, _ = cache_entry(files, quant("int8"))
+    left = orphan(root, name)
+    neighbour = orphan(root, name + "-other")  # another entry's build folder is not this entry's business
+    path = prepare_onnx_file(files, quant("int8"))
+    assert path == root / name / "model.onnx" and not left.exists() and neighbour.exists()
+    run_logits(path)
+
+
+def test_orphaned_temp_dir_is_removed_when_the_entry_is_found(model_dir: Path, cache: Path) -> None:
+    files = find_model_files(model_dir)
+    path = prepare_onnx_file(files, quant("int8"))
+    left = orphan(path.parent.parent, path.parent.name)  # e.g. a process killed while rebuilding
+    assert prepare_onnx_file(files, quant("int8")) == path
+    assert not left.exists()
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from engine.quantize_cache import entry_lock
+with entry_lock(Path(sys.argv[1]), sys.argv[2]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_live_build_temp_dir_is_kept(model_dir: Path, cache: Path) -> None:
+    """A build folder whose entry lock is held (another process, or another thread of this one) is a live build."""
+    files = find_model_files(model_dir)
+    path = prepare_onnx_file(files, quant("int8"))
+    root, name = path.parent.parent, path.parent.name
+    live = orphan(root, name, pid=os.getpid())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(root), name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert prepare_onnx_file(files, quant("int8")) == path
+        assert live.exists()
+    finally:
+        holder.communicate(timeout=30)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with entry_lock(root, name):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(30)
+        assert prepare_onnx_file(files, quant("int8")) == path  # does not wait for the lock either
+        assert live.exists()
+    finally:
+        release.set()
+        thread.join(30)
+    prepare_onnx_file(files, quant("int8"))  # nobody holds the lock now: the folder is an orphan
+    assert not live.exists()
 
 
 def test_unquantizable_file_names_the_field_without_echoing_content(tmp_path: Path, cache: Path) -> None:
