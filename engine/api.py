@@ -149,7 +149,9 @@ class Engine:
                     f"response can carry ({RESPONSE_LIMIT_BYTES // 2**20} MiB): split the call"
                 )
             priority = INTERACTIVE if input_type == "query" else BULK
-            outcome = model.scheduler.submit(list(texts), input_type, priority).result()
+            outcome = model.scheduler.submit(
+                list(texts), input_type, priority, profile.embedding, profile.batching
+            ).result()
         return EmbeddingOutcome([vector.tolist() for vector in outcome.results], outcome.tokens)
 
     def rerank(
@@ -169,7 +171,8 @@ class Engine:
                 f"{RESPONSE_LIMIT_BYTES // 2**20} MiB one response can carry: split the call or send shorter texts"
             )
         with self.registry.use(profile, MicroBatcher) as model:
-            outcome = model.scheduler.submit([(query, doc) for doc in docs], "pair", INTERACTIVE).result()
+            pairs = [(query, doc) for doc in docs]
+            outcome = model.scheduler.submit(pairs, "pair", INTERACTIVE, profile.rerank, profile.batching).result()
         hits = [RerankHit(i, doc, float(score)) for i, (doc, score) in enumerate(zip(docs, outcome.results))]
         hits.sort(key=lambda hit: (-hit.score, hit.index))
         if score_threshold:
@@ -209,7 +212,7 @@ class Engine:
         model = in_use.enter_context(self.registry.use(profile, GenerationScheduler))
         channel: Channel[GenerationEvent] = Channel()
         try:
-            request = model.scheduler.submit(messages, tools, params, channel)
+            request = model.scheduler.submit(messages, tools, params, channel, profile.generation)
         except BaseException:
             in_use.close()
             raise

@@ -17,7 +17,7 @@ from engine.model_files import ModelFiles, directory_fingerprint, find_model_fil
 from engine.model_info import ModelInfo
 from engine.native import NativeEvent, allocate_lock, monotonic, start_thread
 from engine.placement import CoreAllocator, CpuTopology, Placement
-from engine.settings.profile import RuntimeProfile
+from engine.settings.profile import RuntimeProfile, instance_settings
 from engine.worker import Scheduler, Worker
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class LoadedModel(Generic[S]):
     info: ModelInfo
     last_used: float = 0.0
     active_calls: int = 0  # calls in progress; guarded by the registry's lock
+    idle_unload_seconds: float = 0.0  # the latest call's idle_unload_minutes (a per-call setting)
 
 
 # A builder runs on the model's worker thread (already pinned) and returns its scheduler and description:
@@ -71,7 +72,8 @@ class ModelRegistry:
 
     def get(self, profile: RuntimeProfile) -> LoadedModel[Any]:
         """The loaded model for this profile, loading it on first use (waits, greenlet-friendly)."""
-        key = (profile, directory_fingerprint(profile.model_dir))
+        # Keyed on what changes the loaded session only: per-call settings apply to each call.
+        key = (instance_settings(profile), directory_fingerprint(profile.model_dir))
         waiter: Completion[LoadedModel[Any]] = Completion()
         with self._lock:
             if self._closed:
@@ -138,7 +140,18 @@ class ModelRegistry:
         info.load_seconds = monotonic() - started
         # Process-wide, so approximate when models load concurrently; still the best cheap signal of a model's cost.
         info.details["rss_delta_mb"] = round((psutil.Process().memory_info().rss - rss_before) / 1e6, 1)
-        model = LoadedModel(key, profile, files, entry.placement, entry.worker, scheduler, info, monotonic())
+        model = LoadedModel(
+            key,
+            profile,
+            files,
+            entry.placement,
+            entry.worker,
+            scheduler,
+            info,
+            monotonic(),
+            0,
+            profile.idle_unload_seconds,
+        )
         log.info("loaded model %s: %s", info.name, info.describe())
         with self._lock:
             entry.model = model
@@ -171,6 +184,7 @@ class ModelRegistry:
                 if entry is not None and entry.model is model:
                     model.active_calls += 1
                     model.last_used = monotonic()
+                    model.idle_unload_seconds = profile.idle_unload_seconds
                     return model
         raise EngineClosedError("the model was unloaded while the call started; retry")
 
@@ -200,7 +214,7 @@ class ModelRegistry:
         with self._lock:
             for key, entry in list(self._entries.items()):
                 model = entry.model
-                limit = model.profile.idle_unload_seconds if model else 0
+                limit = model.idle_unload_seconds if model else 0
                 if model and limit > 0 and model.active_calls == 0 and now - model.last_used >= limit:
                     del self._entries[key]
                     idle.append(model)

@@ -41,9 +41,13 @@ INTERACTIVE_NICE = -10
 
 
 class EncoderTask(Protocol):
-    def tokenize(self, inputs: Sequence[Any], input_type: str) -> list[Tokens]: ...
+    def tokenize(self, inputs: Sequence[Any], input_type: str, options: Any = None) -> list[Tokens]: ...
 
-    def run(self, batch: Sequence[Tokens]) -> list[Any]: ...
+    def run(self, batch: Sequence[Tokens]) -> list[Any]:
+        """One raw result per input (a batch may mix calls)."""
+
+    def finish(self, results: list[Any], options: Any = None) -> list[Any]:
+        """A call's raw results, in its order, turned into what it asked for (its per-call options)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class _Call:
     priority: int
     completion: Completion[CallOutcome]
     submitted: float
+    options: Any = None  # the call's own settings (prefixes, normalization, score mode)
     results: list[Any] = field(default_factory=list)
     pending: collections.deque[_Item] = field(default_factory=collections.deque)
     remaining: int = 0
@@ -133,7 +138,18 @@ class MicroBatcher:
         start_thread(lambda: self._interactive_loop(prepare_thread))
 
     # caller side: any thread or greenlet
-    def submit(self, inputs: Sequence[Any], input_type: str, priority: int) -> Completion[CallOutcome]:
+    def submit(
+        self,
+        inputs: Sequence[Any],
+        input_type: str,
+        priority: int,
+        options: Any = None,
+        batching: BatchingSettings | None = None,
+    ) -> Completion[CallOutcome]:
+        """Queue a call. `options` are the call's own result settings; `batching` the caller's batching and
+        queue settings, which the model then uses (they need no other loaded instance)."""
+        if batching is not None:
+            self.settings = batching  # one reference swap: the lanes read it whole
         completion: Completion[CallOutcome] = Completion()
         if not inputs:
             completion.set_result(CallOutcome([], 0))
@@ -158,7 +174,9 @@ class MicroBatcher:
                 )
             self._queued_inputs += len(inputs)
             self._activity(True)
-            self._lanes[priority].inbox.append(_Call(list(inputs), input_type, priority, completion, monotonic()))
+            self._lanes[priority].inbox.append(
+                _Call(list(inputs), input_type, priority, completion, monotonic(), options)
+            )
         if priority == INTERACTIVE:
             self._interactive_wake.set()
         else:
@@ -228,7 +246,7 @@ class MicroBatcher:
                 call = lane.inbox.popleft()
             started = monotonic()
             try:
-                tokens = self.task.tokenize(call.inputs, call.input_type)
+                tokens = self.task.tokenize(call.inputs, call.input_type, call.options)
             except Exception as error:
                 self._fail_call(call, error if isinstance(error, EngineError) else BadRequestError(str(error)))
                 continue
@@ -318,7 +336,12 @@ class MicroBatcher:
             if call.remaining == 0:
                 finished.append(call)
         for call in finished:
-            call.completion.set_result(CallOutcome(call.results, call.tokens))
+            try:
+                results = self.task.finish(call.results, call.options)
+            except Exception as error:  # numpy on a malformed output: this call fails, the others go on
+                call.completion.set_error(InferenceError(f"post-processing failed: {type(error).__name__}: {error}"))
+                continue
+            call.completion.set_result(CallOutcome(results, call.tokens))
         with self._lock:
             for item in batch:
                 self.metrics.record_stage("queue_wait", started - item.call.submitted)

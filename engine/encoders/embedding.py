@@ -83,18 +83,20 @@ class EmbeddingTask:
         self.counter.no_truncation()
         self.tokenizer.enable_truncation(max_length=self.context_size)
 
-    def prefix(self, input_type: str) -> str:
-        return self.settings.query_prefix if input_type == "query" else self.settings.document_prefix
-
-    def tokenize(self, texts: Sequence[str], input_type: str) -> list[Tokens]:
-        prefix = self.prefix(input_type)
+    def tokenize(self, texts: Sequence[str], input_type: str, options: EmbeddingSettings | None = None) -> list[Tokens]:
+        """`options`: the call's prefixes and normalization (per call: they need no other loaded instance)."""
+        settings = options or self.settings
+        prefix = settings.query_prefix if input_type == "query" else settings.document_prefix
         encodings = self.tokenizer.encode_batch([prefix + text for text in texts])
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
     def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
+        """Pooled sentence vectors, one per input (not normalized: that is the call's choice, in `finish`)."""
         output, mask = self.runner.run(batch)
         vectors = output if self.runner.output_rank == 2 else pool(output, mask, self.pooling)
-        vectors = vectors.astype(np.float32, copy=False)
-        if self.settings.normalize:
-            vectors = l2_normalize(vectors)
-        return list(vectors)
+        return list(vectors.astype(np.float32, copy=False))
+
+    def finish(self, vectors: list[np.ndarray], options: EmbeddingSettings | None = None) -> list[np.ndarray]:
+        if not (options or self.settings).normalize or not vectors:
+            return vectors
+        return list(l2_normalize(np.stack(vectors)))

@@ -39,7 +39,9 @@ class RerankTask:
         self.counter.no_truncation()
         self.tokenizer.enable_truncation(max_length=self.context_size, strategy="only_second")
 
-    def tokenize(self, pairs: Sequence[tuple[str, str]], input_type: str = "pair") -> list[Tokens]:
+    def tokenize(
+        self, pairs: Sequence[tuple[str, str]], input_type: str = "pair", options: RerankSettings | None = None
+    ) -> list[Tokens]:
         try:
             encodings = self.tokenizer.encode_batch(list(pairs))
         except Exception:  # tokenizers: "Truncation error: Second sequence not long enough to be truncated"
@@ -49,6 +51,13 @@ class RerankTask:
             ) from None
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
-    def run(self, batch: Sequence[Tokens]) -> list[float]:
+    def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
+        """Each pair's raw logits row; the call's score mode turns them into scores in `finish`."""
         logits, _ = self.runner.run(batch)
-        return [float(score) for score in scores_from_logits(logits, self.settings.score_mode)]
+        return list(logits.reshape(logits.shape[0], -1))
+
+    def finish(self, rows: list[np.ndarray], options: RerankSettings | None = None) -> list[float]:
+        if not rows:
+            return []
+        mode = (options or self.settings).score_mode
+        return [float(score) for score in scores_from_logits(np.stack(rows), mode)]

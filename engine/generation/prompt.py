@@ -34,13 +34,16 @@ class PromptBuilder:
         chat = self.mode == "chat" and self.template is not None
         return self.tokenizer.encode(text, add_special_tokens=not chat).ids
 
-    def build(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
-        """Prompt ids leaving room for at least one generated token; per `overflow`, the oldest turns are
-        dropped until it fits, or the request fails giving both numbers."""
+    def build(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), overflow: str | None = None
+    ) -> list[int]:
+        """Prompt ids leaving room for at least one generated token; per `overflow` (the call's prompt_overflow,
+        else the model's), the oldest turns are dropped until it fits, or the request fails giving both numbers."""
+        overflow = overflow or self.overflow
         ids = self.encode(messages, tools)
         if len(ids) < self.context:
             return ids
-        if self.overflow == "truncate_oldest":
+        if overflow == "truncate_oldest":
             kept = list(messages)
             while len(ids) >= self.context and (shorter := _drop_oldest_turn(kept)) is not None:
                 kept = shorter
@@ -50,7 +53,7 @@ class PromptBuilder:
         raise BadRequestError(
             f"the prompt is {len(ids)} tokens but the model's context window is {self.context} tokens "
             f"(the prompt must be shorter, to leave room for the answer); shorten the conversation"
-            + ("" if self.overflow == "truncate_oldest" else " or set prompt_overflow to truncate_oldest")
+            + ("" if overflow == "truncate_oldest" else " or set prompt_overflow to truncate_oldest")
         )
 
 

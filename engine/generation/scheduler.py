@@ -53,6 +53,7 @@ class GenerationRequest:
     params: GenerationParams
     channel: Channel[GenerationEvent]
     submitted: float
+    settings: GenerationSettings  # the call's own limits (max_generation_seconds, prompt_overflow)
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -117,8 +118,12 @@ class GenerationScheduler:
         tools: Sequence[ToolSpec],
         params: GenerationParams,
         channel: Channel[GenerationEvent],
+        settings: GenerationSettings | None = None,
     ) -> GenerationRequest:
-        request = GenerationRequest(list(messages), list(tools), params, channel, monotonic())
+        """Queue a request; `settings`: the caller's per-call limits (default: the model's)."""
+        request = GenerationRequest(
+            list(messages), list(tools), params, channel, monotonic(), settings or self.settings
+        )
         with self._lock:
             if self._closed is not None:
                 raise self._closed
@@ -196,7 +201,7 @@ class GenerationScheduler:
     def _queue_deadline(self, request: GenerationRequest) -> float:
         """When a waiting request is given up: its generation deadline (counted from submission), and at the
         latest when the daemon stops waiting."""
-        seconds = self.settings.max_generation_seconds
+        seconds = request.settings.max_generation_seconds
         return request.submitted + (min(seconds, MAX_QUEUE_WAIT_S) if seconds > 0 else MAX_QUEUE_WAIT_S)
 
     def _expire_waiting(self, now: float) -> None:
@@ -235,14 +240,14 @@ class GenerationScheduler:
                 request.channel.close(InferenceError(f"generation could not start: {type(error).__name__}"))
 
     def _start(self, request: GenerationRequest) -> _Sequence:
-        prompt = self.prompts.build(request.messages, request.tools)
+        prompt = self.prompts.build(request.messages, request.tools, request.settings.prompt_overflow)
         params = request.params
         sampling = params.sampling or self.default_sampling.with_overrides(dict(params.overrides))
         limit = self.context if params.max_tokens is None else min(self.context, len(prompt) + params.max_tokens)
         capacity = min(self.context, -(-limit // CAPACITY_STEP) * CAPACITY_STEP)
         self._request_count += 1
         now = monotonic()
-        seconds = self.settings.max_generation_seconds
+        seconds = request.settings.max_generation_seconds
         return _Sequence(
             request=request,
             prompt=prompt,

@@ -8,7 +8,7 @@ mutating a running one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import SettingError
@@ -102,6 +102,25 @@ def parse_core_list(field_name: str, text: str) -> tuple[int, ...]:
             raise SettingError(field_name, text, allowed)
         cores.update(range(low, high + 1))
     return tuple(sorted(cores))
+
+
+def instance_settings(profile: RuntimeProfile) -> RuntimeProfile:
+    """The profile with every per-call setting (scope `call` in the settings table) at its default: what a
+    loaded instance is keyed on, so that a change of queueing, batching, prefixes, normalization, score mode,
+    idle time or generation limits reuses the loaded model instead of loading another copy.
+    tests/engine/test_profile.py checks this against the table's scopes."""
+    return replace(
+        profile,
+        idle_unload_seconds=0.0,
+        batching=None,
+        embedding=replace(profile.embedding, normalize=True, query_prefix="", document_prefix="")
+        if profile.embedding
+        else None,
+        rerank=RerankSettings("probability") if profile.rerank else None,
+        generation=replace(profile.generation, max_generation_seconds=0.0, prompt_overflow="error")
+        if profile.generation
+        else None,
+    )
 
 
 class _Form:

@@ -97,13 +97,16 @@ class FailOnMarker:
         self.task = task
         self.marker = marker
 
-    def tokenize(self, inputs: Sequence[str], input_type: str) -> list[Tokens]:
-        return self.task.tokenize(inputs, input_type)
+    def tokenize(self, inputs: Sequence[str], input_type: str, options=None) -> list[Tokens]:  # type: ignore[no-untyped-def]
+        return self.task.tokenize(inputs, input_type, options)
 
     def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
         if any(tokens == self.marker for tokens in batch):
             raise RuntimeError("injected failure")
         return self.task.run(batch)
+
+    def finish(self, results, options=None):  # type: ignore[no-untyped-def]
+        return self.task.finish(results, options)
 
 
 def test_failure_is_isolated_to_its_batch_and_the_worker_goes_on(engine: Engine) -> None:

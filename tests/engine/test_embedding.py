@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from engine.api import Engine
-from engine.errors import ModelLoadError, SettingError
+from engine.errors import BadRequestError, ModelLoadError, SettingError
 from engine.settings.profile import parse_profile
 from tests.conftest import FIXTURES, ROOTS, settings
 
@@ -92,10 +92,25 @@ def test_empty_call(engine: Engine) -> None:
 def test_one_instance_per_profile(engine: Engine) -> None:
     first = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
     again = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
-    other = parse_profile(settings("tiny-bert-embedder", normalize="false"), "text-embedding", roots=ROOTS)
+    other = parse_profile(settings("tiny-bert-embedder", pooling="cls"), "text-embedding", roots=ROOTS)
     assert engine.registry.get(first) is engine.registry.get(again)
     assert engine.registry.get(first) is not engine.registry.get(other)
     assert len(engine.registry.loaded()) == 2
+
+
+def test_per_call_settings_share_the_loaded_instance_and_apply_per_call(engine: Engine) -> None:
+    values = {"query_prefix": "query: ", "batch_window_ms": "0", "queue_limit": "7", "idle_unload_minutes": "5"}
+    plain = parse_profile(settings("tiny-bert-embedder"), "text-embedding", roots=ROOTS)
+    raw = parse_profile(settings("tiny-bert-embedder", normalize="false", **values), "text-embedding", roots=ROOTS)
+    normalized = np.asarray(engine.embed(plain, ["a sentence"], "query").vectors[0])
+    unnormalized = np.asarray(engine.embed(raw, ["a sentence"], "document").vectors[0])
+    assert len(engine.registry.loaded()) == 1  # one loaded instance served both
+    assert abs(np.linalg.norm(normalized) - 1.0) < 1e-5 and abs(np.linalg.norm(unnormalized) - 1.0) > 1e-3
+    np.testing.assert_allclose(unnormalized / np.linalg.norm(unnormalized), normalized, atol=1e-5)
+    prefixed = np.asarray(engine.embed(raw, ["a sentence"], "query").vectors[0])
+    assert not np.allclose(prefixed, unnormalized, atol=1e-4)  # the call's query prefix was applied
+    with pytest.raises(BadRequestError, match="queue_limit"):
+        engine.embed(raw, ["t"] * 8)  # the call's own queue_limit
 
 
 def test_idle_model_is_unloaded(engine: Engine) -> None:

@@ -34,13 +34,13 @@ def cpu_ticks(tid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def profile_for(threads: str, affinity: str, normalize: str = "true"):
+def profile_for(threads: str, affinity: str, pooling: str = "auto"):
     values = {
         "model_path": "tiny-bert-embedder",
         "intra_op_threads": threads,
         "cpu_affinity": affinity,
         "max_batch_size": "64",
-        "normalize": normalize,
+        "pooling": pooling,
     }
     return parse_profile(values, "text-embedding", roots=ROOTS)
 
@@ -92,7 +92,7 @@ def test_adaptive_placement_follows_which_models_are_busy() -> None:
     """Defaults (auto threads, auto affinity): two busy models compute on disjoint cores; one busy model alone
     may use every allowed core."""
     engine = Engine()
-    first, second = profile_for("auto", "auto"), profile_for("auto", "auto", normalize="false")
+    first, second = profile_for("auto", "auto"), profile_for("auto", "auto", pooling="cls")
     try:
         first_threads, _ = model_threads(engine, first)
         second_threads, _ = model_threads(engine, second)

@@ -9,7 +9,8 @@ import pytest
 
 from engine.errors import SettingError
 from engine.paths import MODEL_ROOTS_ENV, model_roots, resolve_model_dir
-from engine.settings.profile import parse_core_list, parse_profile
+from engine.settings.profile import instance_settings, parse_core_list, parse_profile
+from engine.settings.table import CALL, SETTINGS, Setting
 
 
 @pytest.fixture()
@@ -142,3 +143,29 @@ class TestModelPath:
     def test_roots_from_environment(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(MODEL_ROOTS_ENV, f"{root}{os.pathsep}/nonexistent-root")
         assert model_roots()[0] == root.resolve()
+
+
+def other_value(setting: Setting) -> str:
+    """A valid value different from the setting's default."""
+    if setting.options:
+        return next(option for option in setting.options if option != setting.default)
+    if setting.kind == "cores":
+        return "0"
+    if setting.kind == "text":
+        return "other.onnx" if setting.name == "model_file" else "x: "
+    low = int(setting.low or 0) if setting.kind == "integer" else setting.low
+    value = 16 if setting.power_of_two else low
+    return str(value if str(value) != setting.default else (setting.high if setting.kind == "number" else 2))
+
+
+@pytest.mark.parametrize("model_type", ["text-embedding", "rerank", "llm"])
+def test_instance_key_ignores_exactly_the_per_call_settings(root: Path, model_type: str) -> None:
+    base = instance_settings(parse(root, model_type))
+    for setting in SETTINGS:
+        if setting.name == "model_path" or not setting.applies_to(model_type):
+            continue
+        changed = instance_settings(parse(root, model_type, **{setting.name: other_value(setting)}))
+        if setting.scope == CALL:
+            assert changed == base, f"{setting.name} is per call but changes the loaded instance"
+        else:
+            assert changed != base, f"{setting.name} needs a new instance but does not change the key"
