@@ -12,7 +12,8 @@ from typing import Any, Generic, TypeVar
 import psutil
 
 from engine.channel import Completion
-from engine.errors import BadRequestError, EngineClosedError
+from engine.errors import BadRequestError, EngineClosedError, ModelBusyError
+from engine.memory import BUDGET_ENV, MAX_MODELS_ENV, MemoryBudget
 from engine.model_files import ModelFiles, directory_fingerprint, find_model_files
 from engine.model_info import ModelInfo
 from engine.native import NativeEvent, allocate_lock, monotonic, start_thread
@@ -59,9 +60,15 @@ class _Entry:
 
 
 class ModelRegistry:
-    def __init__(self, builders: dict[str, Builder], allocator: CoreAllocator | None = None) -> None:
+    def __init__(
+        self,
+        builders: dict[str, Builder],
+        allocator: CoreAllocator | None = None,
+        budget: MemoryBudget | None = None,
+    ) -> None:
         self.builders = builders
         self.allocator = allocator or CoreAllocator(CpuTopology.read())
+        self.budget = budget or MemoryBudget.from_environment()
         self._lock = allocate_lock()
         self._entries: dict[tuple[Any, ...], _Entry] = {}
         self._reaper_wake = NativeEvent()
@@ -111,6 +118,41 @@ class ModelRegistry:
         self.allocator.release(entry.placement)
         log.warning("model %s forgotten: its worker %s", entry.worker.name, why)
 
+    def _make_room(self, loading: _Entry, file_bytes: int) -> None:
+        """Unload idle models, least recently used first, until the new one fits the memory budget and the
+        instance cap; ModelBusyError when it cannot. Idle models are chosen and removed under the lock that
+        counts calls, so no call can start on one being unloaded."""
+        budget = self.budget
+        needed = budget.expected_bytes(file_bytes)
+        projected = budget.resident_bytes() + needed
+        evicted: list[LoadedModel[Any]] = []
+        with self._lock:
+            loaded = [e.model for e in self._entries.values() if e.model is not None and e is not loading]
+            idle = sorted((m for m in loaded if m.active_calls == 0), key=lambda m: m.last_used)
+            count = len(loaded)
+            while (projected > budget.budget_bytes or count >= budget.max_models) and idle:
+                victim = idle.pop(0)
+                del self._entries[victim.key]
+                evicted.append(victim)
+                projected -= self._footprint(victim)
+                count -= 1
+            fits = projected <= budget.budget_bytes and count < budget.max_models
+        for victim in evicted:
+            self._stop(victim, "to make room for a model being loaded (memory budget or instance cap)")
+        if not fits:
+            mib = 2**20
+            raise ModelBusyError(
+                f"model {loading.worker.name} cannot be loaded now: it needs about {needed // mib} MB and the "
+                f"plugin's memory budget is {budget.budget_bytes // mib} MB ({budget.resident_bytes() // mib} MB in "
+                f"use), at most {budget.max_models} models loaded, and the {count} loaded models are all in use; "
+                f"retry later, or the administrator raises {BUDGET_ENV} / {MAX_MODELS_ENV}"
+            )
+
+    def _footprint(self, model: LoadedModel[Any]) -> int:
+        """What unloading a model gives back: the memory its load added, at least what its file predicts."""
+        measured = int(float(model.info.details.get("rss_delta_mb", 0)) * 1e6)
+        return max(measured, self.budget.expected_bytes(model.files.size_bytes))
+
     def _unique_name(self, base: str) -> str:
         """Instances of one directory with other settings get #2, #3, … (statistics and placement key on it)."""
         taken = {entry.worker.name for entry in self._entries.values()}
@@ -127,6 +169,7 @@ class ModelRegistry:
         try:
             entry.worker.prepare_thread()
             files = find_model_files(profile.model_dir, profile.model_file)  # reads graphs: on the worker
+            self._make_room(entry, files.size_bytes)
             scheduler, info = builder(profile, files, entry.placement, entry.worker.wake, entry.worker.name)
         except BaseException as error:
             with self._lock:

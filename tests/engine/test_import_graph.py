@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.channel", "engine.paths", "engine.metrics", "engine.settings.table", "engine.rate_limit"),
     ("engine.settings.profile", "engine.model_config"),
     ("engine.model_files", "engine.governor", "engine.placement", "engine.quantize_cache"),
-    ("engine.quantize", "engine.model_info", "engine.worker"),
+    ("engine.quantize", "engine.model_info", "engine.worker", "engine.memory"),
     ("engine.session_builder", "engine.text"),
     ("engine.encoders", "engine.generation", "engine.registry"),
     ("engine.api",),
