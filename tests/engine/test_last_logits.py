@@ -97,3 +97,23 @@ def test_large_embedded_weights_are_not_reserialized(monkeypatch: pytest.MonkeyP
     assert last_position_graph(ROOT / "tiny-qwen2-decoder" / "model.onnx") is None
     # External weights do not count: the genai graph is still edited.
     assert last_position_graph(ROOT / "tiny-qwen2-decoder-genai" / "model.onnx") is not None
+
+
+def test_a_graph_with_embedded_weights_is_edited_once_into_the_cache_and_loaded_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Big embedded graphs (Optimum) are edited into the cache with external data, so a load holds one copy of the
+    weights; the logits are those of the original graph."""
+    monkeypatch.setenv("ONNX_LOCAL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(last_logits, "CACHE_EMBEDDED_BYTES", 1024)
+    directory = ROOT / "tiny-qwen2-decoder"
+    edited = last_position_graph(directory / "model.onnx")
+    assert edited is not None and edited.model_bytes is None and edited.path is not None
+    assert edited.path.is_relative_to(tmp_path / "cache") and (edited.path.parent / "model.onnx.data").is_file()
+    again = last_position_graph(directory / "model.onnx")
+    assert again is not None and again.path == edited.path  # found in the cache, not rebuilt
+    original, sliced = _session(str(directory / "model.onnx")), _session(str(edited.path))
+    reference, candidate = _runner(original, directory, "optimum"), _runner(sliced, directory, "optimum")
+    caches = reference.new_cache(32), candidate.new_cache(32)
+    for step in (PROMPT[:6], PROMPT[6:], [11], [12]):
+        np.testing.assert_allclose(candidate.forward(caches[1], step), reference.forward(caches[0], step), atol=1e-5)
