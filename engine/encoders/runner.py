@@ -10,6 +10,14 @@ import onnxruntime as ort
 
 from engine.errors import ModelLoadError
 
+# ONNX Runtime's CPU arena keeps the high-water mark of every run: one batch of long texts (attention memory grows
+# with batch × length²) would hold hundreds of MB for good (all-MiniLM-L6-v2, 64 × 256 tokens: 600 MB). Runs at
+# least this large (batch × longest², in tokens²) give their arena memory back when they end; smaller ones keep
+# the arena warm.
+SHRINK_AREA = 16 * 256 * 256
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
 
 @dataclass(frozen=True)
 class Tokens:
@@ -62,5 +70,6 @@ class EncoderRunner:
             feeds["attention_mask"] = mask
         if self.needs_type_ids:
             feeds["token_type_ids"] = type_ids
-        (output,) = self.session.run([self.output_name], feeds)
+        run_options = _SHRINK if len(batch) * longest * longest >= SHRINK_AREA else None
+        (output,) = self.session.run([self.output_name], feeds, run_options)
         return output, mask
