@@ -19,6 +19,7 @@ help:
 	@echo "make bench-llm-env  build llama.cpp (llama-cpp-python from source) for bench-llm, ~11 min"
 	@echo "make bench-sampling  per-token cost of the sampler on a Qwen-sized vocabulary (no model needed)"
 	@echo "make bench-coloc  chat LLM + embedder in one plugin process: defaults vs hand-tuned vs naive (needs make models)"
+	@echo "make soak         thousands of mixed requests + overload + injected faults through the plugin: lost, duplicated, misclassed, heartbeats, RSS (SOAK_ARGS=\"--models tiny\")"
 	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"
 
 setup: $(STAMP)

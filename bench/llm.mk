@@ -45,3 +45,12 @@ BENCH_COLOC_ARGS ?=
 .PHONY: bench-coloc
 bench-coloc: setup
 	$(PY) bench/coloc.py $(BENCH_COLOC_ARGS)
+
+# Soak (bench/soak.py): thousands of mixed requests (documents, queries, rerank, short chats, token counts) at 64
+# concurrency through the plugin process, with overload bursts and injected faults; reports lost / duplicated /
+# misclassed requests, heartbeat gaps, latency per kind and RSS over time (JSON + PNG in bench/results/soak.*).
+# Real models by default (`make models`); SOAK_ARGS="--models tiny" runs on the test fixtures, "--seconds 170" caps it.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: setup
+	$(PY) bench/soak.py $(SOAK_ARGS)
