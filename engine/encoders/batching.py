@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.channel import Completion
+from engine.encoders.embedding_cache import CacheKey, EmbeddingCache
 from engine.encoders.runner import Tokens
 from engine.errors import BadRequestError, EngineError, InferenceError, ModelBusyError
 from engine.metrics import ModelMetrics, format_snapshot
@@ -43,6 +44,9 @@ INTERACTIVE_NICE = -10
 class EncoderTask(Protocol):
     def tokenize(self, inputs: Sequence[Any], input_type: str, options: Any = None) -> list[Tokens]: ...
 
+    def cache_key(self, text: Any, input_type: str, options: Any = None) -> CacheKey | None:
+        """What decides an input's raw result (None: not cacheable)."""
+
     def run(self, batch: Sequence[Tokens]) -> list[Any]:
         """One raw result per input (a batch may mix calls)."""
 
@@ -58,16 +62,19 @@ class CallOutcome:
 
 @dataclass(eq=False)
 class _Call:
-    inputs: Sequence[Any]
+    inputs: Sequence[Any]  # the inputs to compute (cache misses), in the call's order
     input_type: str
     priority: int
     completion: Completion[CallOutcome]
     submitted: float
     options: Any = None  # the call's own settings (prefixes, normalization, score mode)
-    results: list[Any] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)  # every input's raw result; cache hits filled at submit
+    positions: list[int] = field(default_factory=list)  # where each of `inputs` goes in `results`
+    cache_keys: dict[int, CacheKey] = field(default_factory=dict)  # position → key, for results to remember
     pending: collections.deque[_Item] = field(default_factory=collections.deque)
     remaining: int = 0
     tokens: int = 0
+    tokenized: bool = False
     failed: bool = False
 
 
@@ -113,8 +120,10 @@ class MicroBatcher:
         settings: BatchingSettings,
         wake: Callable[[], None],
         activity: Callable[[bool], None] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.name = name
+        self.cache = cache  # embedding models: recent vectors, looked up before a call queues
         self.task = task
         self.settings = settings
         self.metrics = ModelMetrics()
@@ -150,10 +159,15 @@ class MicroBatcher:
         queue settings, which the model then uses (they need no other loaded instance)."""
         if batching is not None:
             self.settings = batching  # one reference swap: the lanes read it whole
+        cache_mb = getattr(options, "cache_mb", None)
+        if self.cache is not None and cache_mb is not None and cache_mb << 20 != self.cache.budget_bytes:
+            self.cache.resize(cache_mb << 20)
         completion: Completion[CallOutcome] = Completion()
-        if not inputs:
-            completion.set_result(CallOutcome([], 0))
+        call = self._new_call(inputs, input_type, priority, completion, options)
+        if not call.inputs:  # empty, or every input found in the cache: no queue at all
+            completion.set_result(CallOutcome(self.task.finish(call.results, options), call.tokens))
             return completion
+        inputs = call.inputs
         if priority == INTERACTIVE and not self._interactive_started:
             priority = BULK  # no interactive lane (e.g. driven step by step): the worker serves everything
         limit = self.settings.queue_limit
@@ -174,23 +188,44 @@ class MicroBatcher:
                 )
             self._queued_inputs += len(inputs)
             self._activity(True)
-            self._lanes[priority].inbox.append(
-                _Call(list(inputs), input_type, priority, completion, monotonic(), options)
-            )
+            call.priority = priority
+            self._lanes[priority].inbox.append(call)
         if priority == INTERACTIVE:
             self._interactive_wake.set()
         else:
             self._wake_bulk()
         return completion
 
+    def _new_call(
+        self, inputs: Sequence[Any], input_type: str, priority: int, completion: Completion[CallOutcome], options: Any
+    ) -> _Call:
+        """The call with its cache hits filled in; `inputs` keeps only what must be computed."""
+        call = _Call([], input_type, priority, completion, monotonic(), options, [None] * len(inputs))
+        cache = self.cache if self.cache is not None and self.cache.budget_bytes > 0 else None
+        for position, text in enumerate(inputs):
+            key = self.task.cache_key(text, input_type, options) if cache is not None else None
+            found = cache.get(key) if cache is not None and key is not None else None
+            if found is not None:
+                call.results[position] = found[0]
+                call.tokens += found[1]
+                continue
+            call.inputs.append(text)
+            call.positions.append(position)
+            if key is not None:
+                call.cache_keys[position] = key
+        return call
+
     @property
     def queued_inputs(self) -> int:
         return self._queued_inputs
 
     def snapshot(self) -> dict[str, object]:
-        """Statistics of both lanes (safe from any thread)."""
+        """Statistics of both lanes and of the embedding cache (safe from any thread)."""
         with self._lock:
-            return self.metrics.snapshot()
+            snapshot = self.metrics.snapshot()
+        if self.cache is not None:
+            snapshot["cache"] = self.cache.snapshot()
+        return snapshot
 
     # the bulk lane: the model's worker thread
     def step(self) -> float | None:
@@ -252,9 +287,9 @@ class MicroBatcher:
                 continue
             with self._lock:
                 self.metrics.record_stage("tokenize", monotonic() - started)
-                call.results = [None] * len(tokens)
+                call.tokenized = True
                 call.remaining = len(tokens)
-                call.pending.extend(_Item(call, index, t) for index, t in enumerate(tokens))
+                call.pending.extend(_Item(call, call.positions[j], t) for j, t in enumerate(tokens))
                 if self._closed is None:
                     lane.calls.append(call)
                     continue
@@ -332,6 +367,9 @@ class MicroBatcher:
                 continue
             call.results[item.index] = output
             call.tokens += len(item.tokens)
+            key = call.cache_keys.get(item.index)
+            if key is not None and self.cache is not None:
+                self.cache.put(key, output, len(item.tokens))
             call.remaining -= 1
             if call.remaining == 0:
                 finished.append(call)
@@ -354,7 +392,7 @@ class MicroBatcher:
     def _fail_call(self, call: _Call, error: BaseException) -> None:
         with self._lock:
             call.failed = True
-            self._queued_inputs -= len(call.pending) if call.results else len(call.inputs)
+            self._queued_inputs -= len(call.pending) if call.tokenized else len(call.inputs)
             call.pending.clear()
             lane = self._lanes[call.priority]
             if call in lane.calls:

@@ -90,6 +90,11 @@ class EmbeddingTask:
         encodings = self.tokenizer.encode_batch([prefix + text for text in texts])
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
+    def cache_key(self, text: str, input_type: str, options: EmbeddingSettings | None = None) -> tuple[str, str]:
+        settings = options or self.settings
+        prefix = settings.query_prefix if input_type == "query" else settings.document_prefix
+        return (input_type, prefix + text)
+
     def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
         """Pooled sentence vectors, one per input (not normalized: that is the call's choice, in `finish`)."""
         output, mask = self.runner.run(batch)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.encoders.batching import MicroBatcher
 from engine.encoders.embedding import EmbeddingTask, resolve_pooling
+from engine.encoders.embedding_cache import EmbeddingCache
 from engine.encoders.rerank import RerankTask
 from engine.encoders.runner import EncoderRunner
 from engine.errors import ModelLoadError
@@ -64,7 +65,8 @@ def build_encoder(
         details.update(score_mode=profile.rerank.score_mode)
     name = name or f"{directory.name}[{profile.model_type}]"
     assert profile.batching is not None  # parsed for every encoder profile
-    batcher = MicroBatcher(name, task, profile.batching, wake, activity_of(placement))
+    cache = EmbeddingCache(profile.embedding.cache_mb << 20) if profile.embedding is not None else None
+    batcher = MicroBatcher(name, task, profile.batching, wake, activity_of(placement), cache)
     batcher.start_interactive_lane(lambda: join_placement(placement))
     info = ModelInfo.for_load(name, profile, files, loaded_path, placement, context, details)
     return batcher, info

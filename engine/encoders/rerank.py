@@ -51,6 +51,9 @@ class RerankTask:
             ) from None
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
+    def cache_key(self, pair: tuple[str, str], input_type: str, options: RerankSettings | None = None) -> None:
+        return None  # rerank calls are one query against fresh candidates: nothing worth remembering
+
     def run(self, batch: Sequence[Tokens]) -> list[np.ndarray]:
         """Each pair's raw logits row; the call's score mode turns them into scores in `finish`."""
         logits, _ = self.runner.run(batch)

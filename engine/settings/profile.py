@@ -44,6 +44,7 @@ class EmbeddingSettings:
     normalize: bool
     query_prefix: str
     document_prefix: str
+    cache_mb: int = 64  # embedding cache of the loaded instance, in MB (0: off)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def instance_settings(profile: RuntimeProfile) -> RuntimeProfile:
         profile,
         idle_unload_seconds=0.0,
         batching=None,
-        embedding=replace(profile.embedding, normalize=True, query_prefix="", document_prefix="")
+        embedding=replace(profile.embedding, normalize=True, query_prefix="", document_prefix="", cache_mb=0)
         if profile.embedding
         else None,
         rerank=RerankSettings("probability") if profile.rerank else None,
@@ -176,6 +177,7 @@ def parse_profile(
             normalize=form["normalize"],
             query_prefix=form["query_prefix"],
             document_prefix=form["document_prefix"],
+            cache_mb=form["embedding_cache_mb"],
         )
     elif model_type == "rerank":
         rerank = RerankSettings(score_mode=form["score_mode"])

@@ -124,6 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("normalize", BOOLEAN, "true", scope=CALL, model_types=("text-embedding",), options=("true", "false")),
     Setting("query_prefix", TEXT, "", scope=CALL, model_types=("text-embedding",)),
     Setting("document_prefix", TEXT, "", scope=CALL, model_types=("text-embedding",)),
+    # ~40,000 MiniLM vectors (384 floats) with their texts; 0 turns the cache off
+    _int("embedding_cache_mb", "64", 0, 4096, scope=CALL, model_types=("text-embedding",)),
     # rerank
     Setting("score_mode", CHOICE, "probability", scope=CALL, model_types=("rerank",), options=("probability", "logit")),
     # batching (embedding and rerank). Defaults measured with `make bench-embed` on a 2-core machine (README):

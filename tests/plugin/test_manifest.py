@@ -52,6 +52,7 @@ EXPECTED_FIELDS: list[tuple[str, str, str | None, list[str], list[dict[str, str]
     ("normalize", "radio", "true", ["true", "false"], EMBEDDING),
     ("query_prefix", "text-input", "", [], EMBEDDING),
     ("document_prefix", "text-input", "", [], EMBEDDING),
+    ("embedding_cache_mb", "text-input", "64", [], EMBEDDING),
     ("score_mode", "select", "probability", ["probability", "logit"], RERANK),
     ("max_batch_size", "text-input", "16", [], []),
     ("max_batch_tokens", "text-input", "8192", [], []),
