@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import threading
@@ -48,7 +49,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def profile(model_dir: Path, model_type: str, threads: int, **values: str):
-    settings = {"model_path": str(model_dir), "intra_op_threads": str(threads), "cpu_affinity": "auto", **values}
+    # The embedding cache stays off unless a run asks for it: repeated texts would otherwise skip the model.
+    cache = {"embedding_cache_mb": "0"} if model_type == "text-embedding" else {}
+    settings = {
+        "model_path": str(model_dir),
+        "intra_op_threads": str(threads),
+        "cpu_affinity": "auto",
+        **cache,
+        **values,
+    }
     return parse_profile(settings, model_type, roots=(model_dir.parent.resolve(),))
 
 
@@ -192,6 +201,32 @@ def sweep(model_dir: Path, texts: list[str], threads: int) -> list[dict]:
     return rows
 
 
+def reindexing(model_dir: Path, threads: int, texts: list[str]) -> dict:
+    """Re-indexing a corpus half of which was embedded before (unchanged documents), with the embedding cache on
+    and off: time, and the vectors of both runs compared."""
+    unique = list(dict.fromkeys(texts))
+    half = len(unique) // 2
+    before, corpus = unique[:half], unique[:half] + unique[half : 2 * half]
+    random.Random(5).shuffle(corpus)
+    runs: dict[str, dict] = {}
+    vectors: dict[str, np.ndarray] = {}
+    for name, cache_mb in (("cache_off", "0"), ("cache_on", "64")):
+        prof = profile(model_dir, "text-embedding", threads, embedding_cache_mb=cache_mb)
+        with fresh_engine() as engine:
+            engine.embed(prof, before[:16])  # load + warm up
+            indexing(engine, prof, before, None)  # the first indexing of the knowledge base
+            runs[name] = indexing(engine, prof, corpus, None)  # re-indexing: half unchanged
+            vectors[name] = np.asarray(engine.embed(prof, corpus[:256]).vectors)
+            runs[name]["engine_stats"] = engine.stats()
+    return {
+        "texts": len(corpus),
+        "repeated": half,
+        **runs,
+        "speedup": runs["cache_on"]["texts_per_s"] / runs["cache_off"]["texts_per_s"],
+        "max_abs_difference": float(np.abs(vectors["cache_on"] - vectors["cache_off"]).max()),
+    }
+
+
 def chart(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -294,6 +329,8 @@ def main() -> None:
         "priorities_off": without_priorities,
         "p99_on_vs_idle": with_priorities["query_p99_ms"] / idle["query_p99_ms"],
     }
+    print("re-indexing with the embedding cache…", file=sys.stderr)
+    result["reindexing"] = reindexing(model_dir, args.threads, mixed_chunks(2 * args.texts))
     print("rerank…", file=sys.stderr)
     result["rerank"] = rerank(reranker_dir, args.threads)
     result["reranker"] = reranker_dir.name
@@ -317,6 +354,8 @@ def main() -> None:
                     k: round(inter[k]["query_p99_ms"], 1) for k in ("idle", "priorities_on", "priorities_off")
                 },
                 "p99_on_vs_idle": round(inter["p99_on_vs_idle"], 2),
+                "reindexing_cache_speedup": round(result["reindexing"]["speedup"], 2),
+                "reindexing_max_abs_difference": result["reindexing"]["max_abs_difference"],
                 "rerank_pairs_per_s": {
                     k: round(result["rerank"][k]["pairs_per_s"], 1) for k in ("batched", "one_pair_at_a_time")
                 },
