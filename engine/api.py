@@ -7,19 +7,21 @@ stream ends), so idle unload never stops a model under a call.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from typing import Concatenate, ParamSpec, TypeVar
 
 from engine.channel import Channel, close_open_channels
 from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher
 from engine.encoders.loader import build_encoder
-from engine.errors import BadRequestError, EngineClosedError, SettingError
+from engine.errors import BadRequestError, EngineClosedError, RateLimitedError, SettingError
 from engine.generation.events import GenerationEvent, GenerationParams
 from engine.generation.loader import ModelTraits, build_generator, read_traits
 from engine.generation.scheduler import GenerationRequest, GenerationScheduler
-from engine.metrics import format_snapshot
+from engine.metrics import RequestCounts, format_snapshot
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_info import ModelInfo
 from engine.native import allocate_lock
@@ -70,15 +72,47 @@ def max_chunks_for(dimension: int) -> int:
     return max(1, min(MAX_CHUNKS_CAP, RESPONSE_BUDGET_BYTES // (20 * max(1, dimension))))
 
 
+def request_model_name(profile: RuntimeProfile) -> str:
+    """The name requests are counted under: the registry's name of the profile's (first) loaded instance."""
+    return f"{profile.model_dir.name}[{profile.model_type}]"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _counted(
+    method: Callable[Concatenate[Engine, RuntimeProfile, P], R],
+) -> Callable[Concatenate[Engine, RuntimeProfile, P], R]:
+    """Count a call in `Engine.requests` under its profile's model, and its error if it raises one."""
+
+    @functools.wraps(method)
+    def counted(self: Engine, profile: RuntimeProfile, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        name = request_model_name(profile)
+        self.requests.request(name, profile.model_type)
+        try:
+            return method(self, profile, *args, **kwargs)
+        except Exception as error:
+            self.requests.error(name, profile.model_type, error)
+            raise
+
+    return counted
+
+
 class Engine:
     def __init__(self, registry: ModelRegistry | None = None, rate_limiter: RateLimiter | None = None) -> None:
         self.registry = registry or ModelRegistry(BUILDERS)
         self.rate_limiter = rate_limiter  # None: no per-user limit
+        self.requests = RequestCounts()  # embed, rerank and generate calls and their errors, per model
 
     def admit(self, user: str | None) -> None:
         """Count one request of `user` against the per-user rate limit (RateLimitedError when over it)."""
         if self.rate_limiter is not None:
-            self.rate_limiter.admit(user)
+            try:
+                self.rate_limiter.admit(user)
+            except RateLimitedError:
+                self.requests.count_rate_limited()
+                raise
 
     # ---- every model type
     def model_info(self, profile: RuntimeProfile) -> ModelInfo:
@@ -103,7 +137,8 @@ class Engine:
         return EncoderTraits(context, max_chunks)
 
     def stats(self) -> dict[str, dict[str, object]]:
-        """Per loaded model: its scheduler's figures and its placement now (cores, threads, spinning)."""
+        """Per loaded model: its scheduler's figures, its placement now (cores, threads, spinning), its queue now
+        and what was loaded."""
         placement = self.registry.allocator.governor.snapshot()["models"]
         stats = {}
         for model in self.registry.loaded():
@@ -115,6 +150,15 @@ class Engine:
                 "spin": model.info.details.get("spin", False),
                 "adaptive": model.placement.adaptive,
                 "busy": lease.get("busy", False),
+            }
+            snapshot["queue"] = _queue_now(model.scheduler, model.active_calls)
+            snapshot["model"] = {
+                "type": model.info.model_type,
+                "file": model.info.onnx_file,
+                "layout": model.info.layout,
+                "size_bytes": model.info.size_bytes,
+                "load_seconds": model.info.load_seconds,
+                "rss_delta_mb": model.info.details.get("rss_delta_mb", 0.0),
             }
             stats[model.info.name] = snapshot
         return stats
@@ -137,6 +181,7 @@ class Engine:
         self.registry.close(wait_seconds, "was stopped: the plugin is shutting down")
 
     # ---- embedding and rerank
+    @_counted
     def embed(self, profile: RuntimeProfile, texts: Sequence[str], input_type: str = "document") -> EmbeddingOutcome:
         if input_type not in ("document", "query"):
             raise BadRequestError(f"input_type {input_type!r} is not valid; allowed: document, query")
@@ -154,6 +199,7 @@ class Engine:
             ).result()
         return EmbeddingOutcome([vector.tolist() for vector in outcome.results], outcome.tokens)
 
+    @_counted
     def rerank(
         self,
         profile: RuntimeProfile,
@@ -188,6 +234,7 @@ class Engine:
             return model.worker.call(lambda: [len(e.ids) for e in counter.encode_batch(list(texts))]).result()
 
     # ---- chat and completion
+    @_counted
     def generate(
         self,
         profile: RuntimeProfile,
@@ -216,7 +263,8 @@ class Engine:
         except BaseException:
             in_use.close()
             raise
-        return _stream(channel, request, in_use)
+        name = request_model_name(profile)
+        return _stream(channel, request, in_use, lambda error: self.requests.error(name, profile.model_type, error))
 
     def count_prompt_tokens(
         self, profile: RuntimeProfile, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
@@ -230,13 +278,31 @@ class Engine:
 
 
 def _stream(
-    channel: Channel[GenerationEvent], request: GenerationRequest, in_use: ExitStack
+    channel: Channel[GenerationEvent],
+    request: GenerationRequest,
+    in_use: ExitStack,
+    on_error: Callable[[Exception], None],
 ) -> Iterator[GenerationEvent]:
     with in_use:  # the model stays counted in use until the stream ends or is closed
         try:
             yield from channel
+        except Exception as error:  # the prompt's own problems, a failed step, an unload: counted, then raised
+            on_error(error)
+            raise
         finally:
             request.cancel()
+
+
+def _queue_now(scheduler: Scheduler, active_calls: int) -> dict[str, int]:
+    """What waits on a model now: calls in progress, and queued inputs (encoders) or waiting and active
+    sequences (generation)."""
+    queue = {"active_calls": active_calls}
+    if isinstance(scheduler, MicroBatcher):
+        queue["queued_inputs"] = scheduler.queued_inputs
+    elif isinstance(scheduler, GenerationScheduler):
+        queue["waiting_requests"] = scheduler.waiting_requests
+        queue["active_sequences"] = scheduler.active_sequences
+    return queue
 
 
 _default_engine: Engine | None = None

@@ -17,7 +17,8 @@ from dify_plugin.errors.model import (
     InvokeServerUnavailableError,
 )
 
-from engine.api import FALLBACK_DIMENSION, EncoderTraits, Engine, default_engine, max_chunks_for
+from engine import prometheus
+from engine.api import FALLBACK_DIMENSION, EncoderTraits, Engine, default_engine, existing_engine, max_chunks_for
 from engine.errors import (
     BadRequestError,
     EngineClosedError,
@@ -108,3 +109,19 @@ def install_stats_signal() -> None:
         gevent.signal_handler(signal.SIGUSR1, lambda: engine().log_stats())
     except (ImportError, ValueError, AttributeError):  # not the main thread / no gevent: no on-demand stats
         log.debug("SIGUSR1 statistics handler not installed")
+
+
+def dify_error_name(error_class: type[BaseException]) -> str:
+    """The Dify error an engine error becomes (the SDK's first match in INVOKE_ERROR_MAPPING, else InvokeError),
+    for the metrics' error counts."""
+    for invoke_error, engine_errors in INVOKE_ERROR_MAPPING.items():
+        if issubclass(error_class, tuple(engine_errors)):
+            return invoke_error.__name__
+    return InvokeError.__name__
+
+
+def install_metrics() -> None:
+    """Serve metrics for Prometheus on an OS thread when the administrator set ONNX_LOCAL_METRICS_ADDR (off
+    otherwise; an invalid address is an error in the plugin log and the plugin serves on without metrics).
+    Binding is immediate and the engine is not created for it: the daemon's first heartbeat never waits."""
+    prometheus.start_from_environment(existing_engine, dify_error_name)

@@ -143,6 +143,11 @@ class GenerationScheduler:
     def active_sequences(self) -> int:
         return len(self._active)
 
+    @property
+    def waiting_requests(self) -> int:
+        """Requests queued for a free sequence slot."""
+        return len(self._inbox)
+
     # worker side
     def step(self) -> float | None:
         self._admit()

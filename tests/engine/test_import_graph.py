@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.session_builder", "engine.text"),
     ("engine.encoders", "engine.generation", "engine.registry"),
     ("engine.api",),
+    ("engine.prometheus",),  # reads the engine's figures for the metrics endpoint
 )
 # Model families are siblings: neither reaches into the other.
 SIBLINGS = (("engine.encoders", "engine.generation"),)
