@@ -12,6 +12,7 @@ Three stages, each holding back only what it must:
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ _REPLACEMENT = "\ufffd"
 # Tokens decoded again before the new ones: enough context for decoders whose output of a token depends on
 # its neighbours (SentencePiece leading spaces), the same window vLLM and TGI use.
 _CONTEXT_TOKENS = 5
+# Tokens held while they end in a partial character. One character is at most 4 UTF-8 bytes, so at most 4
+# tokens; past this the run holds bytes that can never complete (or tokens that print nothing), and is
+# released so each push decodes a bounded window instead of everything since the last text.
+_MAX_PENDING = 16
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 
@@ -31,31 +36,53 @@ class IncrementalDecoder:
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
         self.tokenizer = tokenizer
         self.skip_special = skip_special_tokens
-        self.ids: list[int] = []
-        self._prefix_offset = 0  # start of the context window
-        self._read_offset = 0  # tokens before this are already emitted
+        self._context: list[int] = []  # the last tokens already emitted, decoded again for their effect
+        self._context_text = ""
+        self._pending: list[int] = []  # tokens whose text is not emitted yet
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=self.skip_special)
 
     def push(self, token: int) -> str:
         """Text completed by this token ('' while a character is still partial)."""
-        self.ids.append(token)
-        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
-        full = self._decode(self.ids[self._prefix_offset :])
-        if len(full) <= len(prefix) or full.endswith(_REPLACEMENT):
+        self._pending.append(token)
+        full = self._decode(self._context + self._pending)
+        if full.endswith(_REPLACEMENT):
+            return self._release_garbage() if len(self._pending) > _MAX_PENDING else ""
+        if len(full) <= len(self._context_text):
+            if full == self._context_text:
+                self._pending.clear()  # they print nothing here (skipped special tokens): nothing to wait for
+            elif len(self._pending) > _MAX_PENDING:
+                return self._emit(len(self._pending), full)
             return ""
-        new_text = full[len(prefix) :]
-        self._prefix_offset = max(self._read_offset, len(self.ids) - _CONTEXT_TOKENS)
-        self._read_offset = len(self.ids)
-        return new_text
+        return self._emit(len(self._pending), full)
 
     def flush(self) -> str:
         """At the end: whatever is still held (a truly invalid byte sequence comes out as U+FFFD)."""
-        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
-        full = self._decode(self.ids[self._prefix_offset :])
-        self._prefix_offset = self._read_offset = len(self.ids)
-        return full[len(prefix) :] if len(full) > len(prefix) else ""
+        full = self._decode(self._context + self._pending)
+        return self._emit(len(self._pending), full)
+
+    def _emit(self, count: int, full: str) -> str:
+        """The text of the first `count` pending tokens (`full` decodes the context and them); like vLLM and
+        TGI, the last of them (at most `_CONTEXT_TOKENS`) become the context of what follows."""
+        new_text = full[len(self._context_text) :] if len(full) > len(self._context_text) else ""
+        self._context = self._pending[:count][-_CONTEXT_TOKENS:]
+        self._pending = self._pending[count:]
+        self._context_text = self._decode(self._context)
+        return new_text
+
+    def _release_garbage(self) -> str:
+        """Too many tokens end in a partial character: release the longest run that ends on a whole one;
+        if none does, all but the last 3 tokens (a partial character has at most 3 bytes so far, so its
+        start is among them and it can still complete), with no context left to join bytes across the cut."""
+        for count in range(len(self._pending) - 1, 0, -1):
+            full = self._decode(self._context + self._pending[:count])
+            if not full.endswith(_REPLACEMENT) and len(full) > len(self._context_text):
+                return self._emit(count, full)
+        count = len(self._pending) - 3
+        text = self._emit(count, self._decode(self._context + self._pending[:count]))
+        self._context, self._context_text = [], ""
+        return text
 
 
 def _held_suffix(text: str, markers: Sequence[str]) -> int:
@@ -69,26 +96,71 @@ def _held_suffix(text: str, markers: Sequence[str]) -> int:
     return best
 
 
+class _StopAutomaton:
+    """Aho-Corasick over the stop strings: fed one character at a time, its state is the longest suffix of the
+    text so far that begins some stop, so each character costs the same however many stops there are (the
+    text a scan of every stop would hold back is exactly that state's depth)."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.goto: list[dict[str, int]] = [{}]  # the trie of the stops; state 0 is the empty text
+        self.depth = [0]
+        ends = set()
+        for stop in stops:
+            state = 0
+            for char in stop:
+                child = self.goto[state].get(char)
+                if child is None:
+                    child = len(self.goto)
+                    self.goto[state][char] = child
+                    self.goto.append({})
+                    self.depth.append(self.depth[state] + 1)
+                state = child
+            ends.add(state)
+        self.fail = [0] * len(self.goto)  # the longest proper suffix of a state's text that is a state too
+        # The longest stop that ends a state's text (0: none), so a match is one lookup per character.
+        self.longest = [self.depth[state] if state in ends else 0 for state in range(len(self.goto))]
+        queue = deque(self.goto[0].values())
+        while queue:  # breadth first: a state's fail link is known before its children's
+            state = queue.popleft()
+            for char, child in self.goto[state].items():
+                self.fail[child] = self.step(self.fail[state], char)
+                self.longest[child] = self.longest[child] or self.longest[self.fail[child]]
+                queue.append(child)
+
+    def step(self, state: int, char: str) -> int:
+        while state and char not in self.goto[state]:
+            state = self.fail[state]
+        return self.goto[state].get(char, 0)
+
+
 class StopFilter:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = tuple(s for s in stops if s)
+        self._automaton = _StopAutomaton(self.stops) if self.stops else None
+        self._state = 0  # the automaton after all text pushed so far; its depth is len(self._held)
         self._held = ""
         self.stopped = False
 
     def push(self, text: str) -> str:
-        """Text safe to emit; sets `stopped` when a stop string completes (it and all after it are dropped)."""
+        """Text safe to emit; sets `stopped` when a stop string completes (it and all after it are dropped).
+        Where stops overlap, the one starting first wins; text that could still become a stop is held."""
         if self.stopped:
             return ""
         buffer = self._held + text
-        if not self.stops:
+        if self._automaton is None:
             self._held = ""
             return buffer
-        hits = [index for stop in self.stops if (index := buffer.find(stop)) >= 0]
-        if hits:
+        automaton, state, first = self._automaton, self._state, len(buffer)
+        for index, char in enumerate(text, start=len(self._held)):
+            state = automaton.step(state, char)
+            if automaton.longest[state]:
+                first = min(first, index + 1 - automaton.longest[state])
+        if first < len(buffer):
             self.stopped = True
             self._held = ""
-            return buffer[: min(hits)]
-        keep = _held_suffix(buffer, self.stops)
+            return buffer[:first]
+        self._state = state
+        keep = automaton.depth[state]
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.errors import BadRequestError
 from engine.generation.sampling import SamplingParams
 from engine.text.messages import ToolCall
+
+# Stop strings per request. OpenAI allows 4 and Dify's form says "up to four", but Dify's agents and the SDK
+# add their own ("Observation", code fences), so 16 times that; matching costs the same per character however
+# many there are, and these caps bound what a request can make the worker build (an automaton of at most
+# 64 x 256 characters, ~25 ms) and hold back from the stream (a partial stop: at most 255 characters).
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -15,6 +23,19 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     # Per-request values (name, value) laid over the model's defaults when `sampling` is None.
     overrides: tuple[tuple[str, float | int], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Here rather than in a validate() so every way of building the parameters (the adapter, Engine.generate
+        # adding its `stop` argument with dataclasses.replace, the command line) is held to the same caps.
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise BadRequestError(
+                f"{len(self.stop)} stop sequences were given; at most {MAX_STOP_SEQUENCES} are allowed"
+            )
+        longest = max((len(stop) for stop in self.stop), default=0)
+        if longest > MAX_STOP_LENGTH:
+            raise BadRequestError(
+                f"a stop sequence of {longest} characters was given; at most {MAX_STOP_LENGTH} are allowed"
+            )
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
+import time
 from pathlib import Path
 
 import pytest
 
+from engine.api import Engine
+from engine.errors import BadRequestError
 from engine.generation.detokenize import (
     IncrementalDecoder,
     OutputStream,
@@ -15,7 +19,11 @@ from engine.generation.detokenize import (
     ToolCallParser,
     ToolCallPiece,
 )
+from engine.generation.events import MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, GenerationParams
+from engine.settings.profile import parse_profile
+from engine.text.messages import ChatMessage
 from engine.text.tokenizer import load_tokenizer
+from tests.conftest import ROOTS, settings
 
 TOKENIZER = load_tokenizer(Path(__file__).resolve().parents[1] / "fixtures" / "models" / "tiny-qwen2-decoder")
 
@@ -144,3 +152,152 @@ def test_a_bare_json_answer_naming_an_offered_tool_is_a_tool_call() -> None:
 def test_json_answers_that_are_not_tool_calls_stay_text(text: str) -> None:
     pieces, _ = stream_text(text, tools=True)
     assert joined(pieces) == text and not any(isinstance(p, ToolCallPiece) for p in pieces)
+
+
+# ---- bounded work per token: the decoding window and the stop matcher
+
+
+def old_decoder_pieces(ids: list[int]) -> list[str]:
+    """The decoder before its window was bounded (offsets into all ids), kept as the reference output."""
+    pieces, prefix_offset, read_offset = [], 0, 0
+    for end in range(1, len(ids) + 1):
+        prefix = TOKENIZER.decode(ids[prefix_offset:read_offset])
+        full = TOKENIZER.decode(ids[prefix_offset:end])
+        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            pieces.append("")
+            continue
+        pieces.append(full[len(prefix) :])
+        prefix_offset, read_offset = max(read_offset, end - 5), end
+    prefix = TOKENIZER.decode(ids[prefix_offset:read_offset])
+    full = TOKENIZER.decode(ids[prefix_offset:])
+    return [*pieces, full[len(prefix) :] if len(full) > len(prefix) else ""]
+
+
+def decoder_pieces(ids: list[int]) -> list[str]:
+    decoder = IncrementalDecoder(TOKENIZER)
+    return [*(decoder.push(token) for token in ids), decoder.flush()]
+
+
+SPECIAL = TOKENIZER.token_to_id("<|im_start|>")
+BYTE_F0 = TOKENIZER.token_to_id("ð")  # byte 0xF0: the first of a 4-byte character, never completed here
+EMOJI_BYTES = [TOKENIZER.token_to_id(c) for c in "ðŁĺĢ"]  # 0xF0 0x9F 0x98 0x80, one token each: 😀
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        TOKENIZER.encode(
+            "こんにちは 👋 你好，世界 🌍 Ça va? def f(x):\n    return x ** 2", add_special_tokens=False
+        ).ids,
+        [*TOKENIZER.encode("Hello", add_special_tokens=False).ids, SPECIAL, SPECIAL, *EMOJI_BYTES, SPECIAL],
+        [*EMOJI_BYTES[:2], SPECIAL, *EMOJI_BYTES[2:], *TOKENIZER.encode(" ok", add_special_tokens=False).ids],
+        [BYTE_F0, BYTE_F0, *EMOJI_BYTES, *TOKENIZER.encode("👨‍👩‍👧", add_special_tokens=False).ids],
+    ],
+)
+def test_the_bounded_decoder_emits_what_the_unbounded_one_did(ids: list[int]) -> None:
+    assert decoder_pieces(ids) == old_decoder_pieces(ids)
+
+
+def decode_lengths(monkeypatch) -> list[int]:
+    lengths: list[int] = []
+    decode = IncrementalDecoder._decode
+    monkeypatch.setattr(IncrementalDecoder, "_decode", lambda self, ids: lengths.append(len(ids)) or decode(self, ids))
+    return lengths
+
+
+def test_thousands_of_tokens_that_print_nothing_decode_in_a_bounded_window(monkeypatch) -> None:
+    lengths = decode_lengths(monkeypatch)
+    ids = [*TOKENIZER.encode("Hello", add_special_tokens=False).ids, *[SPECIAL] * 10_000]
+    ids += TOKENIZER.encode(" world 👋", add_special_tokens=False).ids
+    started = time.perf_counter()
+    text = "".join(decoder_pieces(ids))
+    assert text == "Hello world 👋"
+    assert max(lengths) <= 5 + 17  # context + pending; it grew to 10,000 tokens (quadratic: 4 s) before
+    assert time.perf_counter() - started < 0.5
+
+
+def test_thousands_of_bytes_that_never_complete_decode_in_a_bounded_window(monkeypatch) -> None:
+    lengths = decode_lengths(monkeypatch)
+    ids = [*[BYTE_F0] * 10_000, *EMOJI_BYTES, *TOKENIZER.encode(" ok 你好", add_special_tokens=False).ids]
+    started = time.perf_counter()
+    pieces = decoder_pieces(ids)
+    text = "".join(pieces)
+    assert text == TOKENIZER.decode(ids) == "\ufffd" * 10_000 + "😀 ok 你好"  # invalid bytes: one U+FFFD each
+    assert "".join(pieces[:10_000]).count("\ufffd") < 10_000  # released while the run goes on, not at the end
+    assert max(lengths) <= 5 + 17
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_character_split_over_tokens_after_garbage_is_not_broken() -> None:
+    for garbage in range(30):  # every position of the 4 bytes relative to the release points
+        ids = [*[BYTE_F0] * garbage, *EMOJI_BYTES, *EMOJI_BYTES]
+        assert "".join(decoder_pieces(ids)) == "\ufffd" * garbage + "😀😀"  # no 😀 cut into U+FFFDs
+
+
+class OldStopFilter:
+    """The stop filter before the automaton (each stop scanned per push), kept as the reference output."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops, self.held, self.stopped = tuple(s for s in stops if s), "", False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buffer = self.held + text
+        hits = [index for stop in self.stops if (index := buffer.find(stop)) >= 0]
+        if hits:
+            self.stopped, self.held = True, ""
+            return buffer[: min(hits)]
+        keep = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), keep, -1):
+                if buffer.endswith(stop[:size]):
+                    keep = size
+                    break
+        self.held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return "" if self.stopped else held
+
+
+def test_the_stop_automaton_emits_and_holds_exactly_what_scanning_every_stop_did() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        alphabet = rng.choice(["ab", "abc ", "aé👋\n"])
+        stops = tuple("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(0, 6)))
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        new, old = StopFilter(stops), OldStopFilter(stops)
+        position = 0
+        while position < len(text) and not old.stopped:
+            size = rng.randint(0, 5)
+            chunk, position = text[position : position + size], position + size
+            assert new.push(chunk) == old.push(chunk), (stops, text)
+            assert new.stopped == old.stopped
+        assert new.flush() == old.flush()
+
+
+def test_ten_thousand_stops_cost_microseconds_per_token() -> None:
+    rng = random.Random(0)
+    stops = [
+        "".join(rng.choice("abcdefghij klmnopqrstuvwxyz") for _ in range(rng.randint(3, 12))) for _ in range(10_000)
+    ]
+    stop = StopFilter([s + "\0" for s in stops])  # never completes: every push scans and holds
+    text = "the quick brown fox jumps over the lazy dog " * 20
+    started = time.perf_counter()
+    for index in range(0, 800, 4):
+        stop.push(text[index : index + 4])
+    per_token = (time.perf_counter() - started) / 200
+    assert not stop.stopped and per_token < 100e-6  # 26 ms per token when each stop was scanned
+
+
+def test_the_number_and_length_of_stop_sequences_are_capped(engine: Engine) -> None:
+    assert len(GenerationParams(stop=("x" * MAX_STOP_LENGTH,) * MAX_STOP_SEQUENCES).stop) == 64
+    with pytest.raises(BadRequestError, match="65 stop sequences were given; at most 64 are allowed"):
+        GenerationParams(stop=("x",) * 65)
+    with pytest.raises(BadRequestError, match="a stop sequence of 257 characters was given; at most 256"):
+        GenerationParams(stop=("y" * 257,))
+    profile = parse_profile(settings("tiny-qwen2-decoder"), "llm", roots=ROOTS)
+    with pytest.raises(BadRequestError, match="at most 64"):  # the call's stops join the parameters' ones
+        engine.generate(profile, [ChatMessage("user", "hi")], GenerationParams(stop=("a",) * 60), stop=["b"] * 5)
