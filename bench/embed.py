@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import mixed_chunks, queries
 from engine.api import Engine
+from engine.prometheus import start_from_environment
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_files import find_model_files
 from engine.settings.profile import parse_profile
@@ -175,10 +176,16 @@ def rerank(model_dir: Path, threads: int) -> dict:
     return results
 
 
+# With ONNX_LOCAL_METRICS_ADDR set, the metrics endpoint serves the engine of the phase that is running.
+_current_engine: list[Engine | None] = [None]
+_metrics = start_from_environment(lambda: _current_engine[0])
+
+
 @contextlib.contextmanager
 def fresh_engine() -> Iterator[Engine]:
     """Each phase gets its own engine, so a model is never placed next to the previous phase's model."""
     engine = Engine()
+    _current_engine[0] = engine
     try:
         yield engine
     finally:
