@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import mixed_chunks, queries
 from engine.api import Engine
-from engine.prometheus import start_from_environment
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_files import find_model_files
+from engine.prometheus import start_from_environment
 from engine.settings.profile import parse_profile
 from engine.text.tokenizer import load_tokenizer
 
