@@ -49,16 +49,18 @@ class TemplateError(BadRequestError):
 
 
 # ---- budgets of one render
-# Generous for real templates (Qwen's with tools spends about 20 operations and builds a few times the message
-# text per turn, so conversations of thousands of turns stay far inside); a hostile template hits one in < 1 s.
+# Generous for real templates (Qwen2.5's and Llama 3.1's spend about 5 operations per message, Qwen3's 9, and
+# build 2-3 times the message text, so conversations of thousands of turns stay far inside) while a hostile
+# template meets one within a second.
 OUTPUT_FLOOR = 1 << 20  # characters printed or captured in all, and the size of any one value, whatever the input…
 OUTPUT_PER_INPUT = 8  # …plus this many per unit of input (messages, tools, special tokens, measured as below)
 MEMORY_FLOOR = 16 << 20  # characters and items built by all operations together (bounds what can be alive)…
 MEMORY_PER_INPUT = 64  # …plus this many per unit of input
-OPS_FLOOR = 250_000  # loop iterations, calls, filters, operators and literals…
+OPS_FLOOR = 100_000  # loop iterations, calls, filters, operators and literals…
 OPS_PER_MESSAGE = 50  # …plus this many per message and tool
 TIME_BUDGET_SECONDS = 3.0  # the backstop for costs the other budgets do not see
 MAX_INT_BITS = 4096  # `*` and `**` on integers (a template needs small counters, not 10**10**9)
+MAX_TEMPLATE_CHARS = 1 << 20
 ITEM = 16  # an item of a list, tuple or dict counts as 16 characters (a reference and a small object)
 
 
@@ -171,6 +173,8 @@ def _measure(value: Any, limit: int) -> tuple[int, int]:
                 size += len(child)
             else:
                 stack.append((child, level + 1))
+            if size > limit:
+                break
     return size, depth
 
 
@@ -608,6 +612,11 @@ class ChatTemplate:
                 ) from None
         if default is None and tool_use is None:
             return None
+        longest = max(len(default or ""), len(tool_use or ""))
+        if longest > MAX_TEMPLATE_CHARS:  # compiling runs on the worker too; real templates are a few KB
+            raise ModelLoadError(
+                "model_path", f"the chat template is {longest:,} characters; at most {MAX_TEMPLATE_CHARS:,} are read"
+            )
         tokens = tuple((key, text) for key in SPECIAL_TOKEN_KEYS if (text := _token_text(config.get(key))) is not None)
         template = cls(default or tool_use or "", tool_use, tokens)
         template.compile()  # a syntax error is a load error, not a per-request one
@@ -621,6 +630,8 @@ class ChatTemplate:
             raise ModelLoadError(
                 "model_path", f"the chat template has a syntax error on line {error.lineno}: {error.message}"
             ) from None
+        except RecursionError:
+            raise ModelLoadError("model_path", "the chat template nests too deeply to compile") from None
 
     @property
     def accepts_tools(self) -> bool:
