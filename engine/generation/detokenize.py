@@ -189,7 +189,12 @@ class ToolCallParser:
     def __init__(self, enabled: bool, call_id_prefix: str = "call", tool_names: Sequence[str] = ()) -> None:
         self.enabled = enabled
         self.tool_names = frozenset(tool_names)
-        self._buffer = ""
+        self._buffer = ""  # text outside a block not emitted yet: at most a partial "<tool_call>"
+        # Text kept whole until it is decided (leading whitespace, an open block, a bare JSON answer), as parts
+        # so each push appends instead of copying everything so far; `_tail` ends an open block, to find a
+        # "</tool_call>" split over pushes without searching the whole block again.
+        self._parts: list[str] = []
+        self._tail = ""
         self._inside = False
         self._leading = True  # nothing but whitespace seen so far
         self._bare = False  # the answer started with "{": decided at the end
@@ -199,42 +204,46 @@ class ToolCallParser:
     def push(self, text: str) -> list[TextPiece | ToolCallPiece]:
         if not self.enabled:
             return [TextPiece(text)] if text else []
-        self._buffer += text
         if self._leading:
-            stripped = self._buffer.lstrip()
-            if not stripped:
+            if not text.strip():
+                self._parts.append(text)
                 return []
-            self._leading = False
-            self._bare = stripped.startswith("{")
+            text, self._parts, self._leading = "".join(self._parts) + text, [], False
+            self._bare = text.lstrip().startswith("{")
         if self._bare:
+            self._parts.append(text)
             return []
         pieces: list[TextPiece | ToolCallPiece] = []
         while True:
-            if not self._inside:
-                start = self._buffer.find(TOOL_OPEN)
-                if start < 0:
-                    keep = _held_suffix(self._buffer, (TOOL_OPEN,))
-                    emit = self._buffer[: len(self._buffer) - keep]
-                    self._buffer = self._buffer[len(emit) :]
-                    if emit:
-                        pieces.append(TextPiece(emit))
+            if self._inside:
+                window = self._tail + text
+                close = window.find(TOOL_CLOSE)
+                if close < 0:
+                    self._parts.append(text)
+                    self._tail = window[-(len(TOOL_CLOSE) - 1) :]
                     return pieces
-                if start:
-                    pieces.append(TextPiece(self._buffer[:start]))
-                self._buffer = self._buffer[start:]
-                self._inside = True
-            end = self._buffer.find(TOOL_CLOSE)
-            if end < 0:
+                cut = close + len(TOOL_CLOSE) - len(self._tail)  # where the block ends in `text`
+                block, text = "".join(self._parts) + text[:cut], text[cut:]
+                self._parts, self._tail, self._inside = [], "", False
+                pieces.append(self._parse(block, block[len(TOOL_OPEN) : -len(TOOL_CLOSE)]))
+                continue
+            buffer, self._buffer = self._buffer + text, ""
+            start = buffer.find(TOOL_OPEN)
+            if start < 0:
+                keep = _held_suffix(buffer, (TOOL_OPEN,))
+                self._buffer = buffer[len(buffer) - keep :]
+                if len(buffer) > keep:
+                    pieces.append(TextPiece(buffer[: len(buffer) - keep]))
                 return pieces
-            block = self._buffer[: end + len(TOOL_CLOSE)]
-            self._buffer = self._buffer[end + len(TOOL_CLOSE) :]
-            self._inside = False
-            pieces.append(self._parse(block, block[len(TOOL_OPEN) : end]))
+            if start:
+                pieces.append(TextPiece(buffer[:start]))
+            text, self._inside = buffer[start:], True
 
     def flush(self) -> list[TextPiece | ToolCallPiece]:
         """End of output: an unclosed block still counts when its JSON is complete (models often stop at EOS
         right after the closing brace); otherwise it is text."""
-        buffer, self._buffer = self._buffer, ""
+        buffer = self._buffer + "".join(self._parts)
+        self._buffer, self._parts, self._tail = "", [], ""
         if not buffer:
             return []
         if self._bare:

@@ -301,3 +301,92 @@ def test_the_number_and_length_of_stop_sequences_are_capped(engine: Engine) -> N
     profile = parse_profile(settings("tiny-qwen2-decoder"), "llm", roots=ROOTS)
     with pytest.raises(BadRequestError, match="at most 64"):  # the call's stops join the parameters' ones
         engine.generate(profile, [ChatMessage("user", "hi")], GenerationParams(stop=("a",) * 60), stop=["b"] * 5)
+
+
+class OldToolCallParser(ToolCallParser):
+    """The parser before it kept open blocks as parts (each push searched and copied the whole block)."""
+
+    def push(self, text: str) -> list[TextPiece | ToolCallPiece]:
+        self._buffer += text
+        if self._leading:
+            stripped = self._buffer.lstrip()
+            if not stripped:
+                return []
+            self._leading, self._bare = False, stripped.startswith("{")
+        if self._bare:
+            return []
+        pieces: list[TextPiece | ToolCallPiece] = []
+        while True:
+            if not self._inside:
+                start = self._buffer.find("<tool_call>")
+                if start < 0:
+                    keep = next((n for n in range(10, 0, -1) if self._buffer.endswith("<tool_call>"[:n])), 0)
+                    emit = self._buffer[: len(self._buffer) - keep]
+                    self._buffer = self._buffer[len(emit) :]
+                    return [*pieces, TextPiece(emit)] if emit else pieces
+                if start:
+                    pieces.append(TextPiece(self._buffer[:start]))
+                self._buffer, self._inside = self._buffer[start:], True
+            end = self._buffer.find("</tool_call>")
+            if end < 0:
+                return pieces
+            block, self._buffer = self._buffer[: end + 12], self._buffer[end + 12 :]
+            self._inside = False
+            pieces.append(self._parse(block, block[11:end]))
+
+    def flush(self) -> list[TextPiece | ToolCallPiece]:
+        buffer, self._buffer = self._buffer, ""
+        if not buffer:
+            return []
+        if self._bare:
+            return self._parse_bare(buffer)
+        if self._inside:
+            self._inside = False
+            return [self._parse(buffer, buffer[11:])]
+        return [TextPiece(buffer)]
+
+
+def merged(pieces: list) -> list:
+    """Adjacent text pieces joined: where a parser splits plain text is not part of its output."""
+    out: list = []
+    for piece in pieces:
+        if isinstance(piece, TextPiece) and out and isinstance(out[-1], TextPiece):
+            out[-1] = TextPiece(out[-1].text + piece.text)
+        else:
+            out.append(piece)
+    return out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Let me check.\n<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\nand <tool_call>{"name": "b"',
+        '  \n {"name": "a", "arguments": {}}\n{"name": "b", "arguments": {"y": 1}}',
+        "<tool_<tool_call>{oops}</tool_call></tool_call> <tool_call>",
+        '\n\n<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\"}"}</tool_call>',
+    ],
+)
+def test_the_tool_call_parser_splits_text_as_before(text: str) -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        new, old = ToolCallParser(True, "c", ["a", "b", "get_weather"]), OldToolCallParser(True, "c", ["a", "b"])
+        old.tool_names = new.tool_names
+        got, expected, position = [], [], 0
+        while position < len(text):
+            size = rng.randint(1, 7)
+            chunk, position = text[position : position + size], position + size
+            got += new.push(chunk)
+            expected += old.push(chunk)
+        assert merged(got + new.flush()) == merged(expected + old.flush())
+
+
+def test_a_long_tool_call_streams_without_copying_it_per_token() -> None:
+    for opening in ('<tool_call>{"name": "a", "arguments": {"x": "', '{"name": "a", "arguments": {"x": "'):
+        parser = ToolCallParser(True, "c", ["a"])
+        started = time.perf_counter()
+        parser.push(opening)
+        for _ in range(30_000):  # 1.5 s inside a block (0.5 s for a bare answer) when each push searched it all
+            assert parser.push("abcd") == []
+        pieces = parser.push('"}}' + ("</tool_call>" if opening.startswith("<") else "")) + parser.flush()
+        assert time.perf_counter() - started < 0.3
+        assert len(pieces) == 1 and json.loads(pieces[0].call.arguments) == {"x": "abcd" * 30_000}
