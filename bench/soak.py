@@ -270,6 +270,12 @@ class Requests:
             ("failing-batch model", "text-embedding", "emb-broken", self.broken),
         ]
 
+    @staticmethod
+    def fresh(texts: list[str], rng: random.Random) -> list[str]:
+        """The texts made unique, so the embedding cache cannot answer them (new documents, as in indexing)."""
+        tag = f"{rng.getrandbits(40):010x}"
+        return [f"{text} [{tag}.{i}]" for i, text in enumerate(texts)]
+
     # normal traffic
     def embed(self, credentials: dict, model: str, texts: list[str], input_type: str = "document") -> dict:
         return model_request(
@@ -277,7 +283,7 @@ class Requests:
         )
 
     def documents(self, rng: random.Random) -> Spec:
-        texts = rng.sample(self.chunks, rng.randint(*self.mix.doc_chunks))
+        texts = self.fresh(rng.sample(self.chunks, rng.randint(*self.mix.doc_chunks)), rng)
         data = self.embed(self.embedder, "emb", texts)
         return Spec(
             "documents", data, frozenset({OK}), f"embed {len(texts)} documents", check=check_embeddings(len(texts))
@@ -440,7 +446,7 @@ class Requests:
             data = self.chat_request([], {"max_tokens": 8})
             return Spec(name, data, bad, "chat prompt_messages=[]")
         if name == "oversize_call":  # larger than the instance's queue_limit: could never be queued
-            texts = [rng.choice(self.chunks) for _ in range(self.mix.queue_limit * 4)]
+            texts = self.fresh([rng.choice(self.chunks) for _ in range(self.mix.queue_limit * 4)], rng)
             data = self.embed(self.busy, "emb-busy", texts)
             return Spec(name, data, bad, f"embed {len(texts)} texts, queue_limit={self.mix.queue_limit}")
         if name == "failing_batch":  # > 512 tokens on a graph with 512 positions: ONNX Runtime fails the batch
@@ -450,7 +456,7 @@ class Requests:
 
     # the fault thread's requests
     def overload(self, rng: random.Random) -> Spec:
-        texts = [rng.choice(self.long_chunks) for _ in range(self.mix.queue_limit)]
+        texts = self.fresh([rng.choice(self.long_chunks) for _ in range(self.mix.queue_limit)], rng)
         data = self.embed(self.busy, "emb-busy", texts)
         describe = f"burst call of {len(texts)} long texts, queue_limit={self.mix.queue_limit}"
         return Spec("overload", data, frozenset({OK, BUSY}), describe, check=check_embeddings(len(texts)))
@@ -699,10 +705,10 @@ class Soak:
         while (spec := plan.next()) is not None:
             self.execute(spec)
 
-    def event(self, name: str, plan: Plan, started: float | None = None, **details: Any) -> None:
-        """Record an injected fault; `started` (monotonic) when it began before now."""
+    def event(self, label: str, name: str, plan: Plan, started: float | None = None, **details: Any) -> None:
+        """Record an injected fault (`label`: a word or two for the chart); `started` if it began before now."""
         at = (started or time.monotonic()) - self.t0
-        entry = {"t": round(at, 2), "progress": round(plan.progress(), 3), "event": name}
+        entry = {"t": round(at, 2), "progress": round(plan.progress(), 3), "label": label, "event": name}
         self.events.append({**entry, **details})
         self.log(f"fault: {name} {details if details else ''}")
 
@@ -716,7 +722,7 @@ class Soak:
             thread.start()
         for thread in threads:
             thread.join()
-        self.event("overload burst", plan, started, calls=len(specs), queue_limit=self.config.mix.queue_limit)
+        self.event("burst", "overload burst", plan, started, calls=len(specs), queue_limit=self.config.mix.queue_limit)
 
     def faults(self, plan: Plan) -> None:
         """The sequential fault thread: timed events, and requests to the model directories it changes."""
@@ -735,23 +741,23 @@ class Soak:
             ):
                 self.write_raw(line)
                 self.garbage_lines += 1
-            self.event("garbage lines on stdin", plan, lines=6)
+            self.event("garbage", "garbage lines on stdin", plan, lines=6)
 
         def delete_files() -> None:
             (tmp / GONE / "model.onnx").unlink()
             (tmp / GONE / "tokenizer.json").unlink()
             state["gone"] = "files_deleted"
-            self.event("model.onnx and tokenizer.json of a loaded model deleted", plan, model=GONE)
+            self.event("files deleted", "model.onnx and tokenizer.json of a loaded model deleted", plan, model=GONE)
 
         def remove_dir() -> None:
             shutil.rmtree(tmp / GONE)
             state["gone"] = "dir_removed"
-            self.event("directory of a loaded model removed", plan, model=GONE)
+            self.event("dir removed", "directory of a loaded model removed", plan, model=GONE)
 
         def restore() -> None:
             shutil.copytree(FIXTURES / "tiny-bert-embedder", tmp / GONE)
             state["gone"] = "restored"
-            self.event("removed model directory restored", plan, model=GONE)
+            self.event("restored", "removed model directory restored", plan, model=GONE)
 
         def corrupt_in_flight() -> None:
             spec = self.requests.changed_model("corrupt", "corrupted_in_flight", rng, texts=64)
@@ -763,20 +769,28 @@ class Soak:
             state["corrupt"] = "corrupted"
             worker.join()
             self.event(
-                "model.onnx and tokenizer.json of a loaded model corrupted, a call in flight", plan, model=CORRUPT
+                "corrupted",
+                "model.onnx and tokenizer.json of a loaded model corrupted, a call in flight",
+                plan,
+                model=CORRUPT,
             )
 
         def usr1() -> None:
             assert self.plugin.proc is not None
             os.kill(self.plugin.proc.pid, signal.SIGUSR1)
-            self.event("SIGUSR1 (statistics dump)", plan)
+            self.event("SIGUSR1", "SIGUSR1 (statistics dump)", plan)
 
         def huge(name: str) -> Callable[[], None]:
             def send() -> None:
                 started = time.monotonic()
                 result = self.execute(self.requests.fault(name, rng))
                 self.event(
-                    f"{name}: {result.describe}", plan, started, outcome=result.outcome, ms=round(result.latency_ms)
+                    name.replace("huge_", "2 MB "),
+                    f"{name}: {result.describe}",
+                    plan,
+                    started,
+                    outcome=result.outcome,
+                    ms=round(result.latency_ms),
                 )
 
             return send
@@ -1093,7 +1107,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         top = max(s[1] for s in samples)
         for event in report["events"]:
             axis.axvline(event["t"], color="#c55", alpha=0.3, linewidth=0.8)
-            label = event["event"].split(":")[0].split(" (")[0][:28]
+            label = event["label"]
             axis.text(event["t"], top, label, rotation=90, fontsize=5, va="top", ha="right", color="#a33")
         mark = report["settings"]["first_mark"]
         crossing = next((s[0] for s in samples if s[3] >= mark), None)
