@@ -58,7 +58,8 @@ MEMORY_FLOOR = 16 << 20  # characters and items built by all operations together
 MEMORY_PER_INPUT = 64  # …plus this many per unit of input
 OPS_FLOOR = 100_000  # loop iterations, calls, filters, operators and literals…
 OPS_PER_MESSAGE = 50  # …plus this many per message and tool
-TIME_BUDGET_SECONDS = 3.0  # the backstop for costs the other budgets do not see
+TIME_BUDGET_SECONDS = 3.0  # the backstop for costs the other budgets do not see…
+TIME_PER_MESSAGE = 0.0005  # …plus this per message and tool (real templates take ~0.1 ms per message)
 MAX_INT_BITS = 4096  # `*` and `**` on integers (a template needs small counters, not 10**10**9)
 MAX_TEMPLATE_CHARS = 1 << 20
 ITEM = 16  # an item of a list, tuple or dict counts as 16 characters (a reference and a small object)
@@ -69,12 +70,12 @@ class _Budget:
 
     __slots__ = ("built", "deadline", "limit", "max_ops", "memory", "ops", "output", "seconds")
 
-    def __init__(self, input_size: int, messages: int, seconds: float = TIME_BUDGET_SECONDS) -> None:
+    def __init__(self, input_size: int, messages: int) -> None:
         self.limit = OUTPUT_FLOOR + OUTPUT_PER_INPUT * input_size
         self.memory = MEMORY_FLOOR + MEMORY_PER_INPUT * input_size
         self.max_ops = OPS_FLOOR + OPS_PER_MESSAGE * messages
-        self.seconds = seconds
-        self.deadline = monotonic() + seconds
+        self.seconds = TIME_BUDGET_SECONDS + TIME_PER_MESSAGE * messages
+        self.deadline = monotonic() + self.seconds
         self.ops = self.output = self.built = 0
 
     def tick(self) -> None:
@@ -85,7 +86,7 @@ class _Budget:
                 "calls and operators"
             )
         if monotonic() > self.deadline:
-            raise TemplateError(f"the chat template exceeded its time budget of {self.seconds:g} s")
+            raise TemplateError(f"the chat template exceeded its time budget of {self.seconds:.3g} s")
 
     def produce(self, characters: int) -> None:
         self.output += characters
