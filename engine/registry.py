@@ -80,7 +80,9 @@ class ModelRegistry:
     def get(self, profile: RuntimeProfile) -> LoadedModel[Any]:
         """The loaded model for this profile, loading it on first use (waits, greenlet-friendly)."""
         # Keyed on what changes the loaded session only: per-call settings apply to each call.
-        key = (instance_settings(profile), directory_fingerprint(profile.model_dir))
+        # An hf: model's directory is filled by its first load: keyed on the repository (in the profile) instead.
+        fingerprint = directory_fingerprint(profile.model_dir) if profile.hub is None else ()
+        key = (instance_settings(profile), fingerprint)
         waiter: Completion[LoadedModel[Any]] = Completion()
         with self._lock:
             if self._closed:
@@ -168,6 +170,10 @@ class ModelRegistry:
         rss_before = psutil.Process().memory_info().rss
         try:
             entry.worker.prepare_thread()
+            if profile.hub is not None:  # hf:REPO_ID (admin opt-in): download on this worker, progress in the log
+                from engine.hub import fetch_for_profile
+
+                fetch_for_profile(profile)
             files = find_model_files(profile.model_dir, profile.model_file)  # reads graphs: on the worker
             self._make_room(entry, files.size_bytes)
             scheduler, info = builder(profile, files, entry.placement, entry.worker.wake, entry.worker.name)

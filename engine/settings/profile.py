@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import SettingError
+from engine.hf_source import HubSource, parse_hub_path
 from engine.paths import resolve_model_dir
 from engine.settings.table import BY_NAME, MODEL_TYPES
 
@@ -83,6 +84,7 @@ class RuntimeProfile:
     embedding: EmbeddingSettings | None = None
     rerank: RerankSettings | None = None
     generation: GenerationSettings | None = None
+    hub: HubSource | None = None  # an hf:REPO_ID model path: engine/hub.py downloads it on first load
 
 
 def parse_core_list(field_name: str, text: str) -> tuple[int, ...]:
@@ -195,9 +197,10 @@ def parse_profile(
             batch_window_ms=form["batch_window_ms"],
             queue_limit=form["queue_limit"],
         )
+    hub = parse_hub_path(form["model_path"], roots)  # None unless hf:REPO_ID (admin opt-in)
     return RuntimeProfile(
         model_type=model_type,
-        model_dir=resolve_model_dir(form["model_path"], roots),
+        model_dir=hub[1] if hub else resolve_model_dir(form["model_path"], roots),
         model_file=form["model_file"].strip() or "auto",
         quantization=quantization,
         session=session,
@@ -209,4 +212,5 @@ def parse_profile(
         embedding=embedding,
         rerank=rerank,
         generation=generation,
+        hub=hub[0] if hub else None,
     )

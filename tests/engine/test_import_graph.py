@@ -15,14 +15,22 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 # Lowest first. A module may import modules of its own layer (without a cycle) and of lower layers.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.errors", "engine.native"),
-    ("engine.channel", "engine.paths", "engine.metrics", "engine.settings.table", "engine.rate_limit"),
+    (
+        "engine.channel",
+        "engine.paths",
+        "engine.metrics",
+        "engine.settings.table",
+        "engine.rate_limit",
+        "engine.hf_source",
+    ),
     ("engine.settings.profile", "engine.model_config"),
     ("engine.model_files", "engine.governor", "engine.placement", "engine.quantize_cache"),
-    ("engine.quantize", "engine.model_info", "engine.worker", "engine.memory"),
+    ("engine.quantize", "engine.model_info", "engine.worker", "engine.memory", "engine.hub"),
     ("engine.session_builder", "engine.text"),
     ("engine.encoders", "engine.generation", "engine.registry"),
     ("engine.api",),
     ("engine.prometheus",),  # reads the engine's figures for the metrics endpoint
+    ("engine.cli", "engine.__main__"),  # the command line drives the engine through engine.api
 )
 # Model families are siblings: neither reaches into the other.
 SIBLINGS = (("engine.encoders", "engine.generation"),)
