@@ -47,67 +47,13 @@ from engine.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("engine.cli")
 
-TYPE_ALIASES = {"llm": "llm", "chat": "llm", "text-embedding": "text-embedding", "embedding": "text-embedding"}
-TYPE_ALIASES["rerank"] = "rerank"
+TYPE_ALIASES = {"llm": "llm", "chat": "llm", "embedding": "text-embedding", **{t: t for t in MODEL_TYPES}}
 DEFAULT_MAX_TOKENS = 512  # as the Dify adapter
 BENCH_PROMPT = (
     "Explain, in a few short paragraphs, how a hash table works: hashing keys to buckets, handling collisions, "
     "resizing when the load factor grows, and what each operation costs on average and in the worst case."
 )
-_WORDS = (
-    "the",
-    "model",
-    "reads",
-    "a",
-    "list",
-    "of",
-    "numbers",
-    "and",
-    "writes",
-    "them",
-    "back",
-    "in",
-    "order",
-    "while",
-    "queue",
-    "waits",
-    "for",
-    "more",
-    "work",
-    "on",
-    "each",
-    "core",
-    "cache",
-    "memory",
-    "thread",
-    "batch",
-    "token",
-    "prompt",
-    "answer",
-    "index",
-    "vector",
-    "search",
-    "document",
-    "query",
-    "score",
-    "rank",
-    "file",
-    "graph",
-    "session",
-    "kernel",
-    "weight",
-    "layer",
-    "head",
-    "context",
-    "window",
-    "budget",
-    "limit",
-    "value",
-    "error",
-    "retry",
-    "stream",
-    "chunk",
-)
+_WORDS = tuple(BENCH_PROMPT.replace(",", " ").replace(".", " ").replace(":", " ").split())  # bench texts
 
 
 class UsageError(Exception):
