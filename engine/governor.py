@@ -106,6 +106,7 @@ class CoreGovernor:
         self._history: list[dict[str, object]] = []
         self._wake = NativeEvent()
         self.replacements = 0
+        self._sharing = False  # more busy models than cores at the last split
         # Expires idle grace periods. Started with the governor (created with the registry, never from a pinned
         # model worker, whose cores the thread would inherit).
         start_thread(self._expire_forever)
@@ -185,8 +186,10 @@ class CoreGovernor:
                 lease.cores = cores
                 lease.tids -= self._pin(lease.tids, cores)
                 moved.append(lease)
-        if moved and len(shares) > len({cpu for cores in shares.values() for cpu in cores}):
+        sharing = len(shares) > len({cpu for cores in shares.values() for cpu in cores})
+        if sharing and not self._sharing:  # said once when it starts, not at every re-placement
             log.warning("placement: %d busy models on fewer cores; some share a core", len(shares))
+        self._sharing = sharing
         if moved:
             self.replacements += 1
             layout = "; ".join(f"{lease.name} → cores {compact(lease.cores)}" for lease in moved)

@@ -163,6 +163,12 @@ class MicroBatcher:
         if self.cache is not None and cache_mb is not None and cache_mb << 20 != self.cache.budget_bytes:
             self.cache.resize(cache_mb << 20)
         completion: Completion[CallOutcome] = Completion()
+        limit = self.settings.queue_limit
+        if limit and len(inputs) > limit:  # a call this size is refused whatever the cache or the queue holds
+            raise BadRequestError(
+                f"this call has {len(inputs)} inputs but model {self.name} queues at most {limit} (queue_limit); "
+                "split the call or raise queue_limit"
+            )
         call = self._new_call(inputs, input_type, priority, completion, options)
         if not call.inputs:  # empty, or every input found in the cache: no queue at all
             completion.set_result(CallOutcome(self.task.finish(call.results, options), call.tokens))
@@ -170,12 +176,6 @@ class MicroBatcher:
         inputs = call.inputs
         if priority == INTERACTIVE and not self._interactive_started:
             priority = BULK  # no interactive lane (e.g. driven step by step): the worker serves everything
-        limit = self.settings.queue_limit
-        if limit and len(inputs) > limit:  # could never be accepted, whatever the queue holds
-            raise BadRequestError(
-                f"this call has {len(inputs)} inputs but model {self.name} queues at most {limit} (queue_limit); "
-                "split the call or raise queue_limit"
-            )
         with self._lock:
             if self._closed is not None:
                 raise self._closed

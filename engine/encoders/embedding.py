@@ -13,6 +13,7 @@ from engine.encoders.runner import EncoderRunner, Tokens
 from engine.model_config import read_optional_json
 from engine.paths import confined, metadata_path
 from engine.settings.profile import EmbeddingSettings
+from engine.text.tokenizer import MAX_CHARS_PER_TOKEN
 
 
 def pooling_from_sentence_transformers(directory: Path) -> str | None:
@@ -87,7 +88,8 @@ class EmbeddingTask:
         """`options`: the call's prefixes and normalization (per call: they need no other loaded instance)."""
         settings = options or self.settings
         prefix = settings.query_prefix if input_type == "query" else settings.document_prefix
-        encodings = self.tokenizer.encode_batch([prefix + text for text in texts])
+        cut = self.context_size * MAX_CHARS_PER_TOKEN
+        encodings = self.tokenizer.encode_batch([prefix + text[:cut] for text in texts])
         return [Tokens(tuple(e.ids), tuple(e.type_ids)) for e in encodings]
 
     def cache_key(self, text: str, input_type: str, options: EmbeddingSettings | None = None) -> tuple[str, str]:

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 from engine.encoders.runner import EncoderRunner, Tokens
 from engine.errors import BadRequestError
 from engine.settings.profile import RerankSettings
+from engine.text.tokenizer import MAX_CHARS_PER_TOKEN
 
 
 def scores_from_logits(logits: np.ndarray, mode: str) -> np.ndarray:
@@ -43,7 +44,8 @@ class RerankTask:
         self, pairs: Sequence[tuple[str, str]], input_type: str = "pair", options: RerankSettings | None = None
     ) -> list[Tokens]:
         try:
-            encodings = self.tokenizer.encode_batch(list(pairs))
+            cut = self.context_size * MAX_CHARS_PER_TOKEN
+            encodings = self.tokenizer.encode_batch([(query[:cut], doc[:cut]) for query, doc in pairs])
         except Exception:  # tokenizers: "Truncation error: Second sequence not long enough to be truncated"
             raise BadRequestError(
                 f"query is too long: with the pair template it leaves no room for the document within the "

@@ -122,7 +122,7 @@ def build_generator(
         )
     # A real forward pass now, so credential validation proves the graph runs with this cache layout.
     probe = runner.new_cache(8)
-    runner.forward(probe, tokenizer.encode("Hello", add_special_tokens=False).ids[:4] or [0])
+    runner.forward(probe, tokenizer.encode_batch(["Hello"], add_special_tokens=False)[0].ids[:4] or [0])
     runner.release(probe)
     prompts = PromptBuilder(tokenizer, template, settings.mode, context, settings.prompt_overflow)
     name = name or f"{directory.name}[llm]"

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 from engine.errors import BadRequestError
 from engine.text.chat_template import ChatTemplate, completion_prompt
 from engine.text.messages import ChatMessage, ToolSpec
+from engine.text.tokenizer import MAX_CHARS_PER_TOKEN
 
 
 class PromptBuilder:
@@ -33,7 +34,19 @@ class PromptBuilder:
         text = self.render(messages, tools)
         # A chat template writes its own special tokens; completion mode lets the tokenizer add BOS if it does.
         chat = self.mode == "chat" and self.template is not None
-        return self.tokenizer.encode(text, add_special_tokens=not chat).ids
+        # encode_batch releases the GIL while it tokenizes (encode does not): a 2 MB prompt would otherwise stop
+        # the protocol thread, heartbeats included, for seconds.
+        return self.tokenizer.encode_batch([text], add_special_tokens=not chat)[0].ids
+
+    def _refuse_if_far_too_long(self, messages: Sequence[ChatMessage]) -> None:
+        """A conversation with many more characters than the context has tokens × MAX_CHARS_PER_TOKEN cannot fit
+        whatever the tokenizer does: refused before rendering and tokenizing megabytes."""
+        characters = sum(len(message.text()) for message in messages)
+        if characters > self.context * MAX_CHARS_PER_TOKEN:
+            raise BadRequestError(
+                f"the prompt has {characters} characters, far more than the model's context window of "
+                f"{self.context} tokens can hold; shorten the conversation or set prompt_overflow to truncate_oldest"
+            )
 
     def build(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), overflow: str | None = None
@@ -41,6 +54,8 @@ class PromptBuilder:
         """Prompt ids leaving room for at least one generated token; per `overflow` (the call's prompt_overflow,
         else the model's), the oldest turns are dropped until it fits, or the request fails giving both numbers."""
         overflow = overflow or self.overflow
+        if overflow != "truncate_oldest":
+            self._refuse_if_far_too_long(messages)
         ids = self.encode(messages, tools)
         if len(ids) < self.context:
             return ids

@@ -14,6 +14,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tokenizers import Tokenizer
 
+# More characters than tokens span on average in any real text (byte-level BPE and WordPiece tokens are a few
+# characters each): text beyond `context × MAX_CHARS_PER_TOKEN` characters cannot reach the model, so it is cut
+# before tokenizing instead of tokenizing megabytes to keep the first few hundred tokens.
+MAX_CHARS_PER_TOKEN = 64
+
 
 def load_tokenizer(directory: Path) -> Tokenizer:
     path = confined(directory / "tokenizer.json", directory)
