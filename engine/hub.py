@@ -115,6 +115,7 @@ class LogProgress:
     def __init__(self, logger: logging.Logger = log, every: float = 10.0, label: str = "") -> None:
         self.logger, self.every, self.label = logger, every, label
         self.total = self.done = 0
+        self._sizes: dict[str, int] = {}
         self._last = time.monotonic()
         self._started = time.monotonic()
 
@@ -125,7 +126,8 @@ class LogProgress:
 
     def file_started(self, path: str, size: int | None, resume: int) -> None:
         self.done += resume
-        if resume:
+        self._sizes[path] = size or 0
+        if resume and resume != size:
             self.logger.info("%s%s: resuming at %.1f of %.1f MB", self.label, path, resume / 1e6, (size or 0) / 1e6)
 
     def advance(self, path: str, count: int) -> None:
@@ -145,7 +147,8 @@ class LogProgress:
             )
 
     def file_done(self, path: str) -> None:
-        self.logger.info("%s%s: done", self.label, path)
+        if self._sizes.get(path, 0) >= 1e6:  # configs and tokenizers are counted, not announced
+            self.logger.info("%s%s: done (%.1f MB)", self.label, path, self._sizes[path] / 1e6)
 
 
 class _Bar:
@@ -176,6 +179,9 @@ def _library_logs_through_logging() -> None:
     for handler in list(library.handlers):
         if type(handler) is logging.StreamHandler:
             library.removeHandler(handler)
+    transport = logging.getLogger("httpx2")  # huggingface_hub's HTTP client logs every request at INFO
+    if transport.level == logging.NOTSET:
+        transport.setLevel(logging.WARNING)
 
 
 def offline() -> bool:

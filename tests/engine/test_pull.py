@@ -230,7 +230,7 @@ def test_hf_model_path_downloads_on_first_load_with_progress_in_the_log(
     assert hub.downloads() == METADATA | {"onnx/model_q4.onnx"}
     log = "\n".join(record.getMessage() for record in caplog.records)
     assert f"model_path hf:{REPO_ID}: downloading into {root / 'tiny-embedder'}" in log
-    assert "onnx/model_q4.onnx: done" in log and "ready in" in log
+    assert "onnx/model_q4.onnx at c0ffeec0ffee ready in" in log and "downloading 8 file(s), 0.7 MB" in log
 
     # a later load (another process, a restart) uses the complete directory without the network
     count = len(hub.requests)
