@@ -38,15 +38,10 @@ class PromptBuilder:
         # the protocol thread, heartbeats included, for seconds.
         return self.tokenizer.encode_batch([text], add_special_tokens=not chat)[0].ids
 
-    def _refuse_if_far_too_long(self, messages: Sequence[ChatMessage]) -> None:
-        """A conversation with many more characters than the context has tokens × MAX_CHARS_PER_TOKEN cannot fit
-        whatever the tokenizer does: refused before rendering and tokenizing megabytes."""
-        characters = sum(len(message.text()) for message in messages)
-        if characters > self.context * MAX_CHARS_PER_TOKEN:
-            raise BadRequestError(
-                f"the prompt has {characters} characters, far more than the model's context window of "
-                f"{self.context} tokens can hold; shorten the conversation or set prompt_overflow to truncate_oldest"
-            )
+    def _far_too_long(self, messages: Sequence[ChatMessage]) -> bool:
+        """More characters than the context has tokens × MAX_CHARS_PER_TOKEN: cannot fit whatever the tokenizer
+        does, so there is no need to render and tokenize megabytes to find out."""
+        return sum(len(message.text()) for message in messages) > self.context * MAX_CHARS_PER_TOKEN
 
     def build(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), overflow: str | None = None
@@ -54,14 +49,20 @@ class PromptBuilder:
         """Prompt ids leaving room for at least one generated token; per `overflow` (the call's prompt_overflow,
         else the model's), the oldest turns are dropped until it fits, or the request fails giving both numbers."""
         overflow = overflow or self.overflow
-        if overflow != "truncate_oldest":
-            self._refuse_if_far_too_long(messages)
-        ids = self.encode(messages, tools)
-        if len(ids) < self.context:
-            return ids
         kept, starts = _kept_from(messages)
-        if overflow == "truncate_oldest" and len(starts) > 1:
-            encoded = {0: ids}  # by index in `starts`
+        truncate = overflow == "truncate_oldest" and len(starts) > 1
+        far_too_long = self._far_too_long(messages)
+        if far_too_long and not truncate:
+            characters = sum(len(message.text()) for message in messages)
+            raise BadRequestError(
+                f"the prompt has {characters} characters, far more than the model's context window of "
+                f"{self.context} tokens can hold; shorten the conversation or set prompt_overflow to truncate_oldest"
+            )
+        ids = None if far_too_long else self.encode(messages, tools)  # a long history is never encoded whole
+        if ids is not None and len(ids) < self.context:
+            return ids
+        if truncate:
+            encoded = {} if ids is None else {0: ids}  # by index in `starts`; index 0 is known not to fit
 
             def fits(index: int) -> bool:
                 if index not in encoded:
@@ -69,23 +70,26 @@ class PromptBuilder:
                 return len(encoded[index]) < self.context
 
             last = len(starts) - 1
-            found = _first_fit(fits, last, self._guess(messages, kept, starts, len(ids)))
+            found = _first_fit(fits, last, self._guess(messages, kept, starts, None if ids is None else len(ids)))
             if found is not None:
                 return encoded[found]
             ids = encoded[last]  # the shortest conversation, for the message (fits() encoded it)
+        assert ids is not None  # only a truncation skips encoding the whole conversation
         raise BadRequestError(
             f"the prompt is {len(ids)} tokens but the model's context window is {self.context} tokens "
             f"(the prompt must be shorter, to leave room for the answer); shorten the conversation"
             + ("" if overflow == "truncate_oldest" else " or set prompt_overflow to truncate_oldest")
         )
 
-    def _guess(self, messages: Sequence[ChatMessage], kept: int, starts: list[int], total: int) -> int:
-        """The first conversation whose prompt should fit if tokens were spread over the messages by their
-        length (plus a few characters of template per message). Costs no tokenizing; the search starts here
-        and corrects the guess with a few more encodings when the template's own text skews it."""
+    def _guess(self, messages: Sequence[ChatMessage], kept: int, starts: list[int], total: int | None) -> int:
+        """The first conversation whose prompt should fit if the `total` tokens were spread over the messages by
+        their length (plus a few characters of template per message). Costs no tokenizing; the search starts
+        here and corrects the guess with a few more encodings when the template's own text skews it. Without
+        a total (a history too long to encode), one token per character: that starts from too few messages,
+        so the search grows from small conversations instead of encoding large ones."""
         weights = [len(message.text()) + _TEMPLATE_CHARS for message in messages]
         after = list(accumulate(reversed(weights), initial=0))[::-1]  # weight of messages[i:]
-        scale = total / (after[0] or 1)
+        scale = total / (after[0] or 1) if total else 1.0
         for index, start in enumerate(starts):
             if (after[0] - after[kept] + after[start]) * scale < self.context:
                 return index

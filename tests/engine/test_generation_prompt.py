@@ -129,3 +129,17 @@ def test_the_error_gives_the_shortest_prompt_and_the_window() -> None:
     messages = [ChatMessage("system", "s " * 40), *chat(5, system=False)]
     with pytest.raises(BadRequestError, match=r"the prompt is \d+ tokens but the model's context window is 30"):
         builder.build(messages)
+
+
+def test_a_history_far_longer_than_the_context_is_never_encoded_whole(monkeypatch) -> None:
+    builder = PromptBuilder(TOKENIZER, TEMPLATE, "chat", 100, "truncate_oldest")
+    messages = chat(5000)  # ~300,000 characters for a 100-token window
+    sizes: list[int] = []
+    encode = builder.encode
+    monkeypatch.setattr(builder, "encode", lambda m, t=(): sizes.append(len(m)) or encode(m, t))
+    ids = builder.build(messages)
+    assert max(sizes) < 20 and len(sizes) <= 10, sizes  # small conversations only
+    kept = next(n for n in sizes if encode([messages[0], *messages[len(messages) - n + 1 :]]) == ids)
+    assert len(encode([messages[0], *messages[len(messages) - kept - 1 :]])) >= 100  # nor with one more turn
+    with pytest.raises(BadRequestError, match="far more than the model's context window of 100 tokens can hold"):
+        PromptBuilder(TOKENIZER, TEMPLATE, "chat", 100, "error").build(messages)
