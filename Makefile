@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo package bench-embed stats help
+.PHONY: setup test lint demo package package-offline bench-embed stats help
 
 help:
 	@echo "make setup        create .venv (Python 3.12) with runtime + dev dependencies"
@@ -12,6 +12,7 @@ help:
 	@echo "make lint         ruff"
 	@echo "make demo         real models (built if missing), streamed chat, embedding and rerank over the daemon protocol"
 	@echo "make package      dist/onnx_local-<version>.difypkg"
+	@echo "make package-offline  dist/onnx_local-<version>-offline.difypkg with every wheel (Linux x86_64 + aarch64), installs air-gapped; OFFLINE_PLATFORM=x86_64|aarch64 for one"
 	@echo "make models       build the real models into .models/ (offline, minutes)"
 	@echo "make test-real    fidelity checks against .models/"
 	@echo "make bench-embed  embedding/rerank batching benchmark (JSON + PNG in bench/results/)"
@@ -42,6 +43,10 @@ lint: setup
 
 package: setup
 	$(PY) scripts/package.py
+
+OFFLINE_PLATFORM ?= both
+package-offline: setup
+	$(PY) scripts/package_offline.py --platform $(OFFLINE_PLATFORM)
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -107,28 +107,36 @@ def check_required(files: list[PackageFile], report: Report) -> None:
         raise PackageError(f"needed by the plugin but missing or excluded by .difyignore: {', '.join(missing)}")
 
 
-def checksum(files: list[PackageFile]) -> str:
+def checksum(content_digests: dict[str, bytes]) -> str:
     """The daemon's package checksum: sha256 over sha256(path) + sha256(content) of every file, sorted by path."""
     digest = hashlib.sha256()
-    for f in sorted(files, key=lambda item: item.path):
-        digest.update(hashlib.sha256(f.path.encode("utf-8")).digest())
-        digest.update(hashlib.sha256(f.source.read_bytes()).digest())
+    for path in sorted(content_digests):
+        digest.update(hashlib.sha256(path.encode("utf-8")).digest())
+        digest.update(content_digests[path])
     return digest.hexdigest()
 
 
-def write_zip(files: list[PackageFile], output: Path) -> None:
+def write_zip(files: list[PackageFile], output: Path) -> tuple[list[PackageFile], str]:
+    """Zip files, in their order, into output. Each file is read once: the sizes and the checksum returned are those of
+    the bytes written (a file edited after it was listed is packaged, counted and hashed as read here)."""
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
+    written: list[PackageFile] = []
+    digests: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for f in files:
+                data = f.source.read_bytes()
                 info = zipfile.ZipInfo(f.path, date_time=ZIP_DATE_TIME)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
-                archive.writestr(info, f.source.read_bytes())
+                archive.writestr(info, data)
+                written.append(PackageFile(f.path, f.source, len(data)))
+                digests[f.path] = hashlib.sha256(data).digest()
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)
+    return written, checksum(digests)
 
 
 def validate(root: Path) -> Report:
@@ -138,14 +146,15 @@ def validate(root: Path) -> Report:
     return report
 
 
-def build_package(root: Path, output: Path | None = None, max_size_mb: float = DEFAULT_MAX_SIZE_MB) -> PackageResult:
-    """Validate, collect, size-check and zip the plugin at root. Raises PackageError."""
-    root = root.resolve()
-    report = validate(root)
+def default_output(root: Path, report: Report, suffix: str = "") -> Path:
+    """ROOT/dist/<name>-<version><suffix>.difypkg"""
     manifest = report.manifest
-    if output is None:
-        output = root / "dist" / f"{manifest['name']}-{manifest['version']}.difypkg"
-    output = output.resolve()
+    return root / "dist" / f"{manifest['name']}-{manifest['version']}{suffix}.difypkg"
+
+
+def plugin_files(root: Path, report: Report, output: Path) -> list[PackageFile]:
+    """The files `dify plugin package` would put in the package of the (validated) plugin at root, output excluded;
+    prints the ignore-file and manifest warnings. Raises PackageError if a file the plugin needs is missing."""
     spec, warnings = load_ignore_spec(root)
     for warning in warnings + report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -153,11 +162,25 @@ def build_package(root: Path, output: Path | None = None, max_size_mb: float = D
     if "README.md" not in {f.path for f in files}:
         print("warning: README.md is not packaged: Dify shows it as the plugin's description page", file=sys.stderr)
     check_required(files, report)
-    check_size(files, int(max_size_mb * 1024 * 1024))
-    write_zip(files, output)
-    digest = checksum(files)
+    return files
+
+
+def finish_package(report: Report, files: list[PackageFile], output: Path) -> PackageResult:
+    """Zip files (sorted by path) into output; the result carries the daemon's checksum and plugin identity."""
+    written, digest = write_zip(files, output)
+    manifest = report.manifest
     identity = f"{manifest['author']}/{manifest['name']}:{manifest['version']}@{digest}"
-    return PackageResult(output=output, files=tuple(files), checksum=digest, identity=identity)
+    return PackageResult(output=output, files=tuple(written), checksum=digest, identity=identity)
+
+
+def build_package(root: Path, output: Path | None = None, max_size_mb: float = DEFAULT_MAX_SIZE_MB) -> PackageResult:
+    """Validate, collect, size-check and zip the plugin at root. Raises PackageError."""
+    root = root.resolve()
+    report = validate(root)
+    output = (output or default_output(root, report)).resolve()
+    files = plugin_files(root, report, output)
+    check_size(files, int(max_size_mb * 1024 * 1024))
+    return finish_package(report, files, output)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
