@@ -253,14 +253,16 @@ class GenerationScheduler:
         self._request_count += 1
         now = monotonic()
         seconds = request.settings.max_generation_seconds
+        sampler = Sampler(sampling, prompt, self.runner.layout.vocab_size)
+        output = OutputStream(
+            self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
+        )
         return _Sequence(
             request=request,
             prompt=prompt,
-            cache=self.runner.new_cache(capacity),
-            sampler=Sampler(sampling, prompt, self.runner.layout.vocab_size),
-            output=OutputStream(
-                self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
-            ),
+            cache=self.runner.new_cache(capacity),  # last: nothing after it may fail and leak the KV slot
+            sampler=sampler,
+            output=output,
             started=now,
             # Counted from submission: time spent waiting for a slot is time the caller already waited.
             deadline=request.submitted + seconds if seconds > 0 else None,
