@@ -39,6 +39,7 @@ from jinja2.utils import Namespace
 
 from engine.errors import BadRequestError, ModelLoadError
 from engine.model_config import read_optional_json
+from engine.paths import confined
 from engine.text.messages import ChatMessage, ToolSpec
 
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
@@ -606,7 +607,7 @@ class ChatTemplate:
         jinja_file = directory / "chat_template.jinja"
         if jinja_file.is_file():
             try:
-                default = jinja_file.read_text(encoding="utf-8")
+                default = confined(jinja_file).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 raise ModelLoadError(
                     "model_path", f"{jinja_file.name} in {directory} could not be read as UTF-8"
