@@ -35,6 +35,7 @@ took over 2 s (p99), the plugin wrote non-protocol stdout or died.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -1138,8 +1139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--light", action="store_true", help="small batches and short chats (the make test mix)")
     parser.add_argument("--strict", action="store_true", help="SDK deviations count as misclassed")
     parser.add_argument("--name", default=None, help="bench/results/<name>.json/.png (default soak, soak-tiny)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a setting for the three main models"
+    )
     args = parser.parse_args(argv)
     models = MODEL_SETS[args.models]
+    extra = dict(item.split("=", 1) for item in args.set)
+    if extra:
+        models = dataclasses.replace(models, settings={**models.settings, **extra})
     for directory in (models.embedder, models.reranker, models.llm):
         if not (models.root / directory).is_dir():
             sys.exit(f"soak needs {models.root / directory}: run `make models` first, or pass --models tiny")
