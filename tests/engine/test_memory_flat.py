@@ -19,8 +19,8 @@ if sys.argv[1] == "off":
     runner.SHRINK_AREA = 1 << 62
 engine = Engine()
 process = psutil.Process()
-profile = parse_profile(settings("tiny-bert-embedder", max_batch_size="64", max_batch_tokens="100000"),
-                        "text-embedding", roots=ROOTS)
+values = {"max_batch_size": "64", "max_batch_tokens": "100000", "context_size": "512"}
+profile = parse_profile(settings("tiny-bert-embedder", **values), "text-embedding", roots=ROOTS)
 engine.embed(profile, ["warm up"])
 base = process.memory_info().rss
 engine.embed(profile, ["word " * 600] * 64)
