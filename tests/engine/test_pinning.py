@@ -41,6 +41,7 @@ def profile_for(threads: str, affinity: str, pooling: str = "auto"):
         "cpu_affinity": affinity,
         "max_batch_size": "64",
         "pooling": pooling,
+        "embedding_cache_mb": "0",  # repeated texts must reach the model: these tests need it busy
     }
     return parse_profile(values, "text-embedding", roots=ROOTS)
 
