@@ -40,7 +40,7 @@ import onnx
 
 from engine.errors import EngineError, ModelLoadError
 from engine.hf_source import check_repo_id, check_revision
-from engine.model_files import variant_rank
+from engine.model_files import external_locations_of, variant_rank
 from engine.settings.profile import RuntimeProfile
 
 log = logging.getLogger(__name__)
@@ -329,38 +329,13 @@ def predicted_data_files(files: list[RepoFile], graph: RepoFile) -> list[RepoFil
     return [f for f in files if f.path != graph.path and f.path.startswith(stems)]
 
 
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    yield from _node_tensors(graph.node)
-
-
-def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
-    for node in nodes:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for graph in attribute.graphs:
-                yield from _tensors(graph)
-
-
 def external_locations(graph_path: Path) -> list[str]:
     """The external-data file names a graph references, relative to its folder, each once."""
     try:
         model = onnx.load(str(graph_path), load_external_data=False)
     except Exception:  # protobuf errors may quote the file's bytes
         raise PullError(f"{graph_path.name} as downloaded is not a valid ONNX model") from None
-    locations: list[str] = []
-    tensors = [*_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
-    for tensor in tensors:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if location not in locations:
-                locations.append(location)
+    locations = list(external_locations_of(model))
     for location in locations:
         if not location or PurePosixPath(location).is_absolute() or ".." in PurePosixPath(location).parts:
             raise PullError(f"{graph_path.name}: external data location {location!r} points outside the model")

@@ -125,7 +125,8 @@ def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]
                 yield from _graph_tensors(graph)
 
 
-def _external_locations(model: onnx.ModelProto) -> tuple[str, ...]:
+def external_locations_of(model: onnx.ModelProto) -> tuple[str, ...]:
+    """The external-data file names a graph (subgraphs and functions included) references, each once."""
     locations: list[str] = []
     tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for t in _node_tensors(f.node))]
     for tensor in tensors:
@@ -150,7 +151,7 @@ def _inspect(path: Path, size: int, mtime_ns: int) -> _GraphFacts:
     ops = {node.op_type for node in model.graph.node}
     fused = "GroupQueryAttention" in ops
     kind = "decoder" if decoder else "encoder" if "input_ids" in inputs else "unknown"
-    return _GraphFacts(kind, fused, _external_locations(model), bool(ops & QUANTIZED_OPS))
+    return _GraphFacts(kind, fused, external_locations_of(model), bool(ops & QUANTIZED_OPS))
 
 
 def _facts(path: Path) -> _GraphFacts:
