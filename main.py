@@ -1,6 +1,6 @@
 from dify_plugin import DifyPluginEnv, Plugin
 
-from models import lifecycle, log_bridge
+from models import lifecycle, log_bridge, routes
 from models.common import install_metrics, install_stats_signal
 
 # Generation calls can legitimately stream for minutes on a CPU; the engine bounds each one itself
@@ -8,6 +8,7 @@ from models.common import install_metrics, install_stats_signal
 plugin = Plugin(DifyPluginEnv(MAX_REQUEST_TIMEOUT=600))
 log_bridge.install()
 lifecycle.install()
+routes.install(plugin)
 install_stats_signal()
 install_metrics()
 

@@ -52,3 +52,20 @@ def test_per_user_rate_limit_answers_rate_limit_errors() -> None:
         assert streams(embed_as("bob"))
     finally:
         limited.close()
+
+
+def test_an_unknown_action_or_model_type_is_a_clear_bad_request(plugin: PluginProcess) -> None:
+    from tests.plugin.daemon import error_of
+
+    unknown = {**model_request("invoke_teleport", "llm", "x", EMBEDDER)}
+    error = error_of(plugin.request(unknown, timeout=30))
+    assert error["error_type"] == "InvokeBadRequestError" and "invoke_teleport" in error["message"]
+    tts = model_request("invoke_tts", "tts", "x", EMBEDDER, content_text="hi", voice="v", tenant_id="t")
+    error = error_of(plugin.request(tts, timeout=30))
+    assert error["error_type"] == "InvokeBadRequestError" and "'tts' is not served" in error["message"]
+    (payload,) = streams(
+        plugin.request(
+            model_request("invoke_text_embedding", "text-embedding", "e", EMBEDDER, texts=["ok"], input_type="document")
+        )
+    )
+    assert payload["embeddings"]  # the ordinary routes still answer
