@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 import onnx
@@ -37,6 +37,7 @@ from engine.hub import STATE_DIR, VARIANTS, PullError, RepoFile, Selection, pull
 from engine.memory import MemoryBudget
 from engine.model_config import position_limit, read_optional_json, resolve_context_size, trained_length
 from engine.model_files import external_data_files, find_model_files, is_quantized, variant_rank
+from engine.model_info import ModelInfo
 from engine.paths import MODEL_ROOTS_ENV, model_roots
 from engine.placement import CoreAllocator, CpuTopology, spinning_enabled
 from engine.settings.profile import RuntimeProfile, parse_profile
@@ -46,6 +47,7 @@ from engine.text.messages import ChatMessage, ToolSpec
 from engine.text.tokenizer import load_tokenizer
 
 log = logging.getLogger("engine.cli")
+T = TypeVar("T")
 
 TYPE_ALIASES = {"llm": "llm", "chat": "llm", "embedding": "text-embedding", **{t: t for t in MODEL_TYPES}}
 DEFAULT_MAX_TOKENS = 512  # as the Dify adapter
@@ -502,18 +504,24 @@ def chat(args: argparse.Namespace, out: TextIO, err: TextIO, stdin: TextIO) -> i
 # ---- embed and rerank
 
 
-def embed(args: argparse.Namespace, out: TextIO) -> int:
-    profile = build_profile(args, ("text-embedding",))
+def _load_and_call(profile: RuntimeProfile, call: Callable[[Engine], T]) -> tuple[ModelInfo, float, T, float]:
+    """Load the model in a fresh engine, then make one call: (what loaded, load seconds, result, call seconds)."""
     engine = Engine()
     try:
         started = time.perf_counter()
         info = engine.model_info(profile)
         loaded = time.perf_counter() - started
         started = time.perf_counter()
-        outcome = engine.embed(profile, args.texts, "query" if args.query else "document")
-        seconds = time.perf_counter() - started
+        result = call(engine)
+        return info, loaded, result, time.perf_counter() - started
     finally:
         engine.close()
+
+
+def embed(args: argparse.Namespace, out: TextIO) -> int:
+    profile = build_profile(args, ("text-embedding",))
+    input_type = "query" if args.query else "document"
+    info, loaded, outcome, seconds = _load_and_call(profile, lambda e: e.embed(profile, args.texts, input_type))
     vectors = np.asarray(outcome.vectors, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=1)
     unit = vectors / np.maximum(norms, 1e-12)[:, None]
@@ -558,16 +566,9 @@ def embed(args: argparse.Namespace, out: TextIO) -> int:
 
 def rerank(args: argparse.Namespace, out: TextIO) -> int:
     profile = build_profile(args, ("rerank",))
-    engine = Engine()
-    try:
-        started = time.perf_counter()
-        info = engine.model_info(profile)
-        loaded = time.perf_counter() - started
-        started = time.perf_counter()
-        hits = engine.rerank(profile, args.query, args.docs, args.top_n, args.threshold)
-        seconds = time.perf_counter() - started
-    finally:
-        engine.close()
+    info, loaded, hits, seconds = _load_and_call(
+        profile, lambda e: e.rerank(profile, args.query, args.docs, args.top_n, args.threshold)
+    )
     if args.json:
         _emit_json(
             {

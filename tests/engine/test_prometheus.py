@@ -36,8 +36,10 @@ def profile(path: str, model_type: str, **values: str):  # type: ignore[no-untyp
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def scrape(server: MetricsServer) -> Samples:
-    with urllib.request.urlopen(server.url, timeout=10) as response:
+def scrape(server: MetricsServer | str) -> Samples:
+    """Every sample of the endpoint (a server, or its URL), parsed with prometheus_client's own parser."""
+    url = server if isinstance(server, str) else server.url
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
         text = response.read().decode("utf-8")
     return {

@@ -7,13 +7,12 @@ import re
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import FIXTURES
+from tests.engine.test_prometheus import Samples, scrape, value
 from tests.plugin.daemon import REPO, PluginProcess, error_of, model_request, streams
 
 EMBEDDER = {"model_path": "tiny-bert-embedder", "intra_op_threads": "1", "cpu_affinity": "none"}
@@ -21,7 +20,6 @@ RERANKER = {"model_path": "tiny-cross-encoder", "intra_op_threads": "1", "cpu_af
 LLM = {"model_path": "tiny-qwen2-decoder", "intra_op_threads": "1", "cpu_affinity": "none"}
 ANNOUNCED = re.compile(r"metrics for Prometheus at (http://127\.0\.0\.1:\d+/metrics)")
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def start(address: str) -> PluginProcess:
@@ -40,22 +38,6 @@ def log_line(process: PluginProcess, pattern: re.Pattern[str], timeout: float = 
                 return found
         time.sleep(0.05)
     raise AssertionError(f"no log line matching {pattern.pattern}: {process.logs}")
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode("utf-8")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    found = [v for (n, have), v in samples.items() if n == name and set(labels.items()) <= have]
-    assert len(found) == 1, f"{name} {labels}: {len(found)} samples"
-    return found[0]
 
 
 @pytest.fixture(scope="module")

@@ -270,14 +270,19 @@ def test_installed_package_answers_the_daemon(package: Path, tmp_path: Path) -> 
         assert schema["fetch_from"] == "customizable-model"
         assert isinstance(schema["model_properties"]["context_size"], int)
 
-        records = process.request(
-            model_request(
-                "invoke_text_embedding", "text-embedding", "tiny", credentials, texts=["hello"], input_type="query"
-            ),
-            timeout=60,
-        )
-        (result,) = streams(records)
-        assert len(result["embeddings"]) == 1 and len(result["embeddings"][0]) > 0
-        assert process.stray == []
+        assert_answers_an_embedding(process, credentials)
     finally:
         process.close()
+
+
+def assert_answers_an_embedding(process: PluginProcess, credentials: dict[str, str]) -> None:
+    """An installed plugin embeds one text over the protocol and writes nothing else to stdout."""
+    records = process.request(
+        model_request(
+            "invoke_text_embedding", "text-embedding", "tiny", credentials, texts=["hello"], input_type="query"
+        ),
+        timeout=60,
+    )
+    (result,) = streams(records)
+    assert len(result["embeddings"]) == 1 and len(result["embeddings"][0]) > 0
+    assert process.stray == []

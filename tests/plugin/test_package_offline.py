@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugin.daemon import PluginProcess, model_request, streams
-from tests.plugin.test_package import python312, uv_binary
+from tests.plugin.daemon import PluginProcess
+from tests.plugin.test_package import assert_answers_an_embedding, python312, uv_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "package_offline.py"
@@ -156,14 +156,6 @@ def test_installs_with_no_index_and_answers_the_daemon(built: tuple[Path, str], 
     try:
         assert (manifest["name"], manifest["version"]) == ("onnx_local", "0.1.0")
         credentials = {"model_path": "tiny-bert-embedder", "intra_op_threads": "1", "cpu_affinity": "none"}
-        records = process.request(
-            model_request(
-                "invoke_text_embedding", "text-embedding", "tiny", credentials, texts=["hello"], input_type="query"
-            ),
-            timeout=60,
-        )
-        (result,) = streams(records)
-        assert len(result["embeddings"]) == 1 and len(result["embeddings"][0]) > 0
-        assert process.stray == []
+        assert_answers_an_embedding(process, credentials)
     finally:
         process.close()
