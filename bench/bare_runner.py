@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.llamacpp_runner import JsonLinesProcess, private_stdout
 from engine.generation.kv_layout import read_kv_layout
-from engine.generation.last_logits import last_position_graph
+from engine.generation.last_logits import LOGITS_COUNT, last_position_graph
 from engine.model_files import find_model_files
 
 
@@ -64,6 +64,8 @@ def bare_greedy(
     step, done, first_at = list(prompt), 0, 0.0
     binding = session.io_binding()
     binding.bind_output("logits", "cpu")
+    if LOGITS_COUNT in inputs:  # the engine's last-position edit: logits of the last position only
+        binding.bind_cpu_input(LOGITS_COUNT, np.array([1], np.int64))
     if genai:  # shared past/present buffers: bound once for the whole generation
         for past_name, present_name, value in zip(past, present, values):
             binding.bind_ortvalue_input(past_name, value)

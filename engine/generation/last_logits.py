@@ -1,10 +1,13 @@
-"""Load-time graph edit: compute the vocabulary projection for the last position only.
+"""Load-time graph edit: compute the vocabulary projection for the last positions only.
 
 Exported decoders return logits for every input position ([batch, sequence, vocab]); generation reads only the
 last one. During prefill the lm_head then runs on every prompt token — for Qwen2.5-0.5B (151,936-token vocabulary,
 tied 136 M-parameter head) that is about a quarter of the prompt's compute plus a [sequence × vocab] float output
 (78 MB per 128 tokens). Slicing the hidden state to its last position before the head removes both; decode steps
-(one position) are unchanged.
+(one position) are unchanged. How many last positions get logits is an input of the edited graph,
+`LOGITS_COUNT` (int64 [1]), which every run of an edited graph feeds: 1, or the number of draft positions a
+speculative-decoding verification checks. (An initializer default would spare the feed, but ONNX Runtime's
+IOBinding cannot bind an input that has one.)
 
 The edit happens in memory on the graph only: weights stay in their external-data file (ONNX Runtime reads them
 from the model's folder, `session.model_external_initializers_file_folder_path`). A graph that embeds its
@@ -38,8 +41,10 @@ _PROJECTIONS = {"MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul
 MAX_EMBEDDED_BYTES = 1 << 30
 # Graphs embedding more weights than this are edited once into the cache (external data) instead of in memory.
 CACHE_EMBEDDED_BYTES = 32 << 20
-EDIT_VERSION = 1
+EDIT_VERSION = 2
 _SLICE_NAME = "onnx_local_last_position"
+# The edited graph's optional input: how many last positions get logits (int64 [1], default 1).
+LOGITS_COUNT = "onnx_local_logits_count"
 
 
 def _cache_slot(path: Path) -> tuple[Path, str, dict[str, object]]:
@@ -52,6 +57,11 @@ def _cache_slot(path: Path) -> tuple[Path, str, dict[str, object]]:
     }
     key = hashlib.sha256(json.dumps({k: v for k, v in info.items() if k != "source"}, sort_keys=True).encode())
     return root, f"{path.parent.name[:48]}-{path.stem[:32]}-lastpos-{key.hexdigest()[:20]}", info
+
+
+def takes_logits_count(session: object) -> bool:
+    """True when `session` runs an edited graph (its runs feed LOGITS_COUNT)."""
+    return any(arg.name == LOGITS_COUNT for arg in session.get_inputs())  # type: ignore[attr-defined]
 
 
 def last_position_graph(path: Path) -> EditedGraph | None:
@@ -81,18 +91,25 @@ def last_position_graph(path: Path) -> EditedGraph | None:
         log.info("%s: the logits come from %s; logits stay computed for every position", path.name, head.op_type)
         return None
     hidden = head.input[0]
+    graph.input.append(helper.make_tensor_value_info(LOGITS_COUNT, TensorProto.INT64, [1]))
     constants = [
         helper.make_tensor(f"{_SLICE_NAME}_{name}", TensorProto.INT64, [1], [value])
-        for name, value in (("starts", -1), ("ends", 1 << 62), ("axes", 1))
+        for name, value in (("ends", 1 << 62), ("axes", 1))
     ]
     graph.initializer.extend(constants)
+    starts = helper.make_node("Neg", [LOGITS_COUNT], [f"{_SLICE_NAME}_starts"], name=f"{_SLICE_NAME}_neg")
     last = helper.make_node(
-        "Slice", [hidden, *(c.name for c in constants)], [f"{_SLICE_NAME}_hidden"], name=_SLICE_NAME
+        "Slice",
+        [hidden, starts.output[0], constants[0].name, constants[1].name],
+        [f"{_SLICE_NAME}_hidden"],
+        name=_SLICE_NAME,
     )
-    graph.node.insert(list(graph.node).index(head), last)
+    at = list(graph.node).index(head)
+    graph.node.insert(at, last)
+    graph.node.insert(at, starts)
     head.input[0] = last.output[0]
     dims[1].Clear()
-    dims[1].dim_value = 1
+    dims[1].dim_param = "logits_positions"
     if slot is None or embedded <= CACHE_EMBEDDED_BYTES:
         return EditedGraph(model.SerializeToString(), path.parent)
     root, name, info = slot

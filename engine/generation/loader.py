@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.errors import BadRequestError, ModelLoadError
 from engine.generation.kv_layout import KvLayout, read_kv_layout
-from engine.generation.last_logits import LOGITS, last_position_graph
+from engine.generation.last_logits import last_position_graph, takes_logits_count
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.sampling import SamplingParams, defaults_from_generation_config
@@ -88,11 +88,6 @@ def _runner(
     return OptimumRunner(session, layout)  # type: ignore[arg-type]
 
 
-def _last_position_only(session: object) -> bool:
-    shape = next((o.shape for o in session.get_outputs() if o.name == LOGITS), [])  # type: ignore[attr-defined]
-    return len(shape) == 3 and shape[1] == 1
-
-
 def build_generator(
     profile: RuntimeProfile,
     files: ModelFiles,
@@ -136,7 +131,7 @@ def build_generator(
         "head_dim": layout.head_dim,
         "vocab_size": layout.vocab_size,
         "eos_token_ids": sorted(eos_ids),
-        "logits": "last position" if _last_position_only(session) else "every position",
+        "logits": "last position" if takes_logits_count(session) else "every position",
         "mode": settings.mode,
         "tools": template is not None and template.accepts_tools,
     }

@@ -6,7 +6,9 @@ Both layouts are fed with plain ONNX Runtime through IOBinding, and the cache ne
 - onnxruntime-genai builder graph (GroupQueryAttention): each sequence owns buffers preallocated to its
   capacity, bound as both `past_key_values.*` and `present.*`; GQA writes the new positions in place
   (past_present_share_buffer) and reads the valid length from the attention mask.
-Only the last position's logits are returned.
+Only the last position's logits are returned, except by `score`, which returns every position of the run (a
+speculative draft's verification). A cache's positions can be copied out (`export_prefix`) and into a new cache
+(`import_prefix`): the prefix cache's reuse of a shared conversation start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import onnxruntime as ort
 from engine.errors import ModelLoadError
 from engine.generation.kv_layout import KvLayout
 from engine.generation.kv_pool import SlotPool
+from engine.generation.last_logits import LOGITS_COUNT, takes_logits_count
+
+# Exported KV positions of one cache: [layers, 2 (key, value), kv_heads, positions, head_dim].
+KvBlock = np.ndarray
 
 
 @dataclass(eq=False)
@@ -53,10 +59,29 @@ class DecoderRunner(Protocol):
     def decode_batch(self, caches: Sequence[KvCache], tokens: Sequence[int]) -> np.ndarray:
         """One new token for each cache in one run; returns [len(caches), vocab] logits."""
 
+    def score(self, cache: KvCache, ids: Sequence[int]) -> np.ndarray:
+        """Run `ids` after the cached positions; returns the logits of every one of them ([len(ids), vocab])."""
 
-def _last_logits(value: ort.OrtValue) -> np.ndarray:
+    can_rewind: bool
+
+    def rewind(self, cache: KvCache, length: int) -> None:
+        """Forget the positions from `length` on (rejected draft tokens); only when `can_rewind`."""
+
+    def export_prefix(self, cache: KvCache, length: int) -> KvBlock:
+        """A copy of the first `length` cached positions."""
+
+    def import_prefix(self, cache: KvCache, block: KvBlock, length: int) -> None:
+        """Fill an empty cache with the first `length` positions of `block`."""
+
+
+def _last_logits(value: ort.OrtValue, count: int = 1) -> np.ndarray:
     logits = value.numpy()
-    return logits.reshape(-1, logits.shape[-1])[-1].astype(np.float32, copy=False)
+    rows = logits.reshape(-1, logits.shape[-1])
+    return (rows[-1] if count == 1 else rows[-count:]).astype(np.float32, copy=False)
+
+
+def _new_block(layout: KvLayout, length: int) -> KvBlock:
+    return np.empty((layout.layers, 2, layout.kv_heads, length, layout.head_dim), dtype=layout.dtype)
 
 
 class OptimumRunner:
@@ -69,7 +94,8 @@ class OptimumRunner:
         self.has_position_ids = "position_ids" in inputs
         self.has_mask = "attention_mask" in inputs
         self.has_cache_branch = "use_cache_branch" in inputs  # older decoder_model_merged.onnx
-        known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
+        self.has_logits_count = takes_logits_count(session)
+        known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch", LOGITS_COUNT}
         known.update(name for pair in layout.past_names for name in pair)
         unknown = sorted(inputs - known)
         if unknown:
@@ -83,7 +109,34 @@ class OptimumRunner:
     def new_cache(self, capacity: int) -> KvCache:
         return KvCache(capacity, 0, [(self._empty, self._empty)] * self.layout.layers)
 
+    # Rewinding would copy every layer's cache (the graph's present tensors are exactly as long as the sequence).
+    can_rewind = False
+
     def forward(self, cache: KvCache, ids: Sequence[int]) -> np.ndarray:
+        return self._run(cache, ids, 1)
+
+    def score(self, cache: KvCache, ids: Sequence[int]) -> np.ndarray:
+        return self._run(cache, ids, len(ids))
+
+    def rewind(self, cache: KvCache, length: int) -> None:
+        raise NotImplementedError("the Optimum layout cannot drop cached positions in place")
+
+    def export_prefix(self, cache: KvCache, length: int) -> KvBlock:
+        block = _new_block(self.layout, length)
+        for layer, (key, value) in enumerate(cache.values):
+            block[layer, 0] = key.numpy()[0, :, :length]
+            block[layer, 1] = value.numpy()[0, :, :length]
+        return block
+
+    def import_prefix(self, cache: KvCache, block: KvBlock, length: int) -> None:
+        arrays = [np.ascontiguousarray(block[layer, :, None, :, :length]) for layer in range(self.layout.layers)]
+        cache.buffers = arrays  # the OrtValues wrap this memory without copying it
+        cache.values = [
+            (ort.OrtValue.ortvalue_from_numpy(pair[0]), ort.OrtValue.ortvalue_from_numpy(pair[1])) for pair in arrays
+        ]
+        cache.length = length
+
+    def _run(self, cache: KvCache, ids: Sequence[int], logits_count: int) -> np.ndarray:
         total = cache.length + len(ids)
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
@@ -93,6 +146,8 @@ class OptimumRunner:
             binding.bind_cpu_input("position_ids", np.arange(cache.length, total, dtype=np.int64)[None, :])
         if self.has_cache_branch:
             binding.bind_cpu_input("use_cache_branch", np.array([cache.length > 0]))
+        if self.has_logits_count:
+            binding.bind_cpu_input(LOGITS_COUNT, np.array([logits_count], dtype=np.int64))
         for (key_name, value_name), (key, value) in zip(self.layout.past_names, cache.values):
             binding.bind_ortvalue_input(key_name, key)
             binding.bind_ortvalue_input(value_name, value)
@@ -103,11 +158,12 @@ class OptimumRunner:
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         cache.values = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.layout.layers)]
+        cache.buffers = []
         cache.length = total
-        return _last_logits(outputs[0])
+        return _last_logits(outputs[0], logits_count)
 
     def release(self, cache: KvCache) -> None:
-        cache.values = []
+        cache.values, cache.buffers = [], []
 
     def batchable(self, cache: KvCache) -> bool:
         return False  # each sequence's past has its own length; batching would need padded copies every step
@@ -123,7 +179,7 @@ class GenaiRunner:
         self.session = session
         self.layout = layout
         inputs = {arg.name for arg in session.get_inputs()}
-        known = {"input_ids", "attention_mask", "position_ids"}
+        known = {"input_ids", "attention_mask", "position_ids", LOGITS_COUNT}
         known.update(name for pair in layout.past_names for name in pair)
         unknown = sorted(inputs - known)
         if unknown:
@@ -131,6 +187,7 @@ class GenaiRunner:
                 "model_path", f"the genai graph needs inputs this runner does not feed: {', '.join(unknown)}"
             )
         self.has_position_ids = "position_ids" in inputs
+        self.has_logits_count = takes_logits_count(session)
         # Batched decode needs at least two slots; the pool is allocated on first use.
         self._slots = slots if slots > 1 and slot_capacity > 0 else 0
         self._slot_capacity = slot_capacity
@@ -183,7 +240,41 @@ class GenaiRunner:
     def batchable(self, cache: KvCache) -> bool:
         return cache.slot is not None
 
+    # GroupQueryAttention reads each row's valid length from the mask: positions past it are never read.
+    can_rewind = True
+
     def forward(self, cache: KvCache, ids: Sequence[int]) -> np.ndarray:
+        return self._run(cache, ids, 1)
+
+    def score(self, cache: KvCache, ids: Sequence[int]) -> np.ndarray:
+        return self._run(cache, ids, len(ids))
+
+    def rewind(self, cache: KvCache, length: int) -> None:
+        cache.length = min(cache.length, length)
+
+    def _views(self, cache: KvCache) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each layer's (key, value) memory of this cache, [kv_heads, capacity, head_dim] (views, no copy)."""
+        if cache.slot is not None:
+            assert self._pool is not None
+            return [(key[cache.slot], value[cache.slot]) for key, value in self._pool.buffers]
+        return [(cache.buffers[2 * i][0], cache.buffers[2 * i + 1][0]) for i in range(self.layout.layers)]
+
+    def export_prefix(self, cache: KvCache, length: int) -> KvBlock:
+        block = _new_block(self.layout, length)
+        for layer, (key, value) in enumerate(self._views(cache)):
+            block[layer, 0] = key[:, :length]
+            block[layer, 1] = value[:, :length]
+        return block
+
+    def import_prefix(self, cache: KvCache, block: KvBlock, length: int) -> None:
+        if length > cache.capacity:
+            raise ValueError(f"KV buffer of {cache.capacity} positions cannot hold {length}")
+        for layer, (key, value) in enumerate(self._views(cache)):
+            key[:, :length] = block[layer, 0, :, :length]
+            value[:, :length] = block[layer, 1, :, :length]
+        cache.length = length
+
+    def _run(self, cache: KvCache, ids: Sequence[int], logits_count: int) -> np.ndarray:
         total = cache.length + len(ids)
         if total > cache.capacity:
             raise ValueError(f"KV buffer of {cache.capacity} positions cannot hold {total}")
@@ -192,10 +283,12 @@ class GenaiRunner:
         binding.bind_cpu_input("attention_mask", np.ones((1, total), dtype=np.int64))
         if self.has_position_ids:
             binding.bind_cpu_input("position_ids", np.arange(cache.length, total, dtype=np.int64)[None, :])
+        if self.has_logits_count:
+            binding.bind_cpu_input(LOGITS_COUNT, np.array([logits_count], dtype=np.int64))
         binding.bind_output("logits", "cpu")  # its shape changes between prefill and decode
         self.session.run_with_iobinding(binding)
         cache.length = total
-        return _last_logits(binding.get_outputs()[0])
+        return _last_logits(binding.get_outputs()[0], logits_count)
 
     def decode_batch(self, caches: Sequence[KvCache], tokens: Sequence[int]) -> np.ndarray:
         assert self._pool is not None
@@ -217,6 +310,8 @@ class GenaiRunner:
         binding.bind_cpu_input("attention_mask", mask)
         if self.has_position_ids:
             binding.bind_cpu_input("position_ids", (lengths - 1)[:, None])
+        if self.has_logits_count:
+            binding.bind_cpu_input(LOGITS_COUNT, np.array([1], dtype=np.int64))
         binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()

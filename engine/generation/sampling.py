@@ -254,3 +254,26 @@ class Sampler:
         if self.counts is not None:
             self.counts.add(token)
         return token
+
+    def choose_against(self, logits: np.ndarray, draft: int) -> int:
+        """The next token when `draft` was proposed for it (speculative decoding): greedy, the argmax as always;
+        sampling, the draft with probability p(draft) under this sampler's distribution, else a token drawn from
+        that distribution with the draft removed. Either way the token is distributed as `choose` would draw it."""
+        if self.params.greedy:
+            return self.choose(logits)
+        if self.counts is not None:
+            logits = apply_penalties(logits, self.params, self.counts)
+        ids, weights = _candidates(logits, self.params)
+        at = np.flatnonzero(ids == draft) if ids is not None else np.array([draft] if draft < weights.shape[0] else [])
+        draft_weight = float(weights[int(at[0])]) if at.shape[0] else 0.0
+        if self.rng.random() * float(weights.sum(dtype=np.float64)) < draft_weight:
+            token = draft
+        else:
+            rest = weights.copy()
+            if at.shape[0]:
+                rest[int(at[0])] = 0.0
+            index = _draw(rest, self.rng.random())
+            token = int(index if ids is None else ids[index])
+        if self.counts is not None:
+            self.counts.add(token)
+        return token

@@ -1,11 +1,12 @@
 """The generation scheduler: runs on the model's worker thread and interleaves all active sequences.
 
 Each `step()` does one unit of work, taking the units in turn: a prompt chunk (prefill) of one sequence, one
-new token of a sequence that decodes alone, or — when the runner supports it (genai layout) — one batched run
-that gives every decoding sequence its next token. Several requests all progress, a long prompt does not freeze
-the others' streams, and concurrent decodes share one pass over the weights. Requests beyond
-`max_concurrent_sequences` wait in arrival order. Each request streams its events through the channel its
-caller created.
+new token of a sequence that decodes alone (or several: a speculative draft verified in one run, speculative.py),
+or — when the runner supports it (genai layout) — one batched run that gives every decoding sequence its next
+token. Several requests all progress, a long prompt does not freeze the others' streams, and concurrent decodes
+share one pass over the weights. A new sequence first copies the KV of the longest prefix it shares with a kept
+or running sequence (prefix_cache.py) and prefills only the rest. Requests beyond `max_concurrent_sequences`
+wait in arrival order. Each request streams its events through the channel its caller created.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from engine.channel import Channel
 from engine.errors import EngineError, InferenceError, ModelBusyError
 from engine.generation.detokenize import OutputStream, TextPiece
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
+from engine.generation.prefix_cache import MIN_REUSE_TOKENS, PrefixCache, common_prefix
 from engine.generation.prompt import PromptBuilder
 from engine.generation.runners import DecoderRunner, KvCache
 from engine.generation.sampling import Sampler, SamplingParams
+from engine.generation.speculative import NgramDrafter, accept
 from engine.metrics import GenerationMetrics
 from engine.native import allocate_lock, monotonic
 from engine.settings.profile import GenerationSettings
@@ -76,6 +79,16 @@ class _Sequence:
     first_token_at: float | None = None
     tool_calls: int = 0
     output_ids: list[int] = field(default_factory=list)
+    drafter: NgramDrafter | None = None  # speculative decoding, when on for this sequence
+    reused: int = 0  # prompt tokens whose KV was copied instead of computed
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prefilled < len(self.prompt)
+
+    def cached_tokens(self) -> np.ndarray:
+        """The token ids whose KV the cache holds: the prompt, then each output token once it was fed back."""
+        return np.asarray((self.prompt + self.output_ids)[: self.cache.length], dtype=np.int64)
 
 
 class GenerationScheduler:
@@ -110,6 +123,8 @@ class GenerationScheduler:
         self._turn = 0
         self._request_count = 0
         self.batched_steps = 0  # decode runs that advanced several sequences at once
+        self.prefix_cache = PrefixCache(settings.prefix_cache_mb << 20)
+        self.speculation = {"runs": 0, "proposed": 0, "accepted": 0}  # verification runs and their drafts
 
     # caller side (any thread or greenlet)
     def submit(
@@ -159,9 +174,11 @@ class GenerationScheduler:
                     self._activity(False)
             return None
         # Units of work taken in turn: each prefilling (or unbatchable) sequence alone, and one batched decode
-        # step for every sequence that can share a run.
-        batch = [s for s in self._active if s.prefilled >= len(s.prompt) and self.runner.batchable(s.cache)]
-        units: list[_Sequence | list[_Sequence]] = [s for s in self._active if s not in batch]
+        # step for every sequence that can share a run. A prefilling sequence whose prompt start another one is
+        # computing now waits for it and copies it instead.
+        followers = self._followers()
+        batch = [s for s in self._active if not s.prefilling and self.runner.batchable(s.cache)]
+        units: list[_Sequence | list[_Sequence]] = [s for s in self._active if s not in batch and s not in followers]
         if len(batch) > 1:
             units.append(batch)
         else:
@@ -190,7 +207,10 @@ class GenerationScheduler:
     def snapshot(self) -> dict[str, object]:
         """Statistics of the finished requests (safe from any thread)."""
         with self._lock:
-            return self.metrics.snapshot()
+            snapshot = self.metrics.snapshot()
+            snapshot["prefix_cache"] = self.prefix_cache.snapshot()
+            snapshot["speculative"] = dict(self.speculation)
+            return snapshot
 
     def close(self, error: BaseException) -> None:
         with self._lock:
@@ -202,6 +222,8 @@ class GenerationScheduler:
         for sequence in list(self._active):
             self._remove(sequence)
             sequence.request.channel.close(error)
+        with self._lock:
+            self.prefix_cache.clear()
 
     def _queue_deadline(self, request: GenerationRequest) -> float:
         """When a waiting request is given up: its generation deadline (counted from submission), and at the
@@ -257,7 +279,8 @@ class GenerationScheduler:
         output = OutputStream(
             self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
         )
-        return _Sequence(
+        speculate = request.settings.speculative_decoding and self.runner.can_rewind
+        sequence = _Sequence(
             request=request,
             prompt=prompt,
             cache=self.runner.new_cache(capacity),  # last: nothing after it may fail and leak the KV slot
@@ -266,7 +289,89 @@ class GenerationScheduler:
             started=now,
             # Counted from submission: time spent waiting for a slot is time the caller already waited.
             deadline=request.submitted + seconds if seconds > 0 else None,
+            drafter=NgramDrafter() if speculate else None,
         )
+        try:
+            self._reuse_prefix(sequence)
+        except Exception:
+            self.runner.release(sequence.cache)
+            raise
+        return sequence
+
+    def _reuse_prefix(self, sequence: _Sequence) -> None:
+        """Copy the KV of the longest prefix the prompt shares with a kept entry or a running sequence; at least
+        the prompt's last token is left to prefill (its logits choose the first new token)."""
+        if not self.prefix_cache.enabled:
+            return
+        entry, length = self.prefix_cache.longest(np.asarray(sequence.prompt[:-1], dtype=np.int64))
+        length = min(length, sequence.cache.capacity)
+        if entry is not None and length >= MIN_REUSE_TOKENS:
+            self.runner.import_prefix(sequence.cache, entry.block, length)
+            sequence.prefilled = sequence.reused = length
+            with self._lock:
+                self.prefix_cache.touch(entry)
+        self._catch_up(sequence)
+        with self._lock:
+            self.prefix_cache.record(len(sequence.prompt), sequence.reused)
+
+    def _catch_up(self, sequence: _Sequence) -> int:
+        """Copy from a running sequence the KV of prompt positions it has computed and this one has not; returns
+        how many positions were copied."""
+        prompt = np.asarray(sequence.prompt[:-1], dtype=np.int64)
+        source, length = None, sequence.prefilled
+        for other in self._active:
+            if other is not sequence:
+                shared = min(common_prefix(other.cached_tokens(), prompt), sequence.cache.capacity)
+                if shared > length:
+                    source, length = other, shared
+        if source is None or length - sequence.prefilled < MIN_REUSE_TOKENS:
+            return 0
+        self.runner.import_prefix(sequence.cache, self.runner.export_prefix(source.cache, length), length)
+        gained = length - sequence.prefilled
+        sequence.prefilled = length
+        sequence.reused += gained
+        return gained
+
+    def _followers(self) -> set[_Sequence]:
+        """Prefilling sequences that wait this step: another prefilling sequence, ahead of them (more prefilled,
+        or as much and admitted earlier), is computing the prompt start they share. Each first copies what the
+        sequences ahead have computed already."""
+        if not self.prefix_cache.enabled:
+            return set()
+        prefilling = [s for s in self._active if s.prefilling]
+        if len(prefilling) < 2:
+            return set()
+        followers: set[_Sequence] = set()
+        for index, sequence in enumerate(prefilling):
+            gained = self._catch_up(sequence)
+            if gained:  # admitted earlier: its lookup was recorded already
+                with self._lock:
+                    self.prefix_cache.credit(gained, first=sequence.reused == gained)
+            prompt = np.asarray(sequence.prompt[:-1], dtype=np.int64)
+            for rank, leader in enumerate(prefilling):
+                ahead = leader.prefilled > sequence.prefilled or (
+                    leader.prefilled == sequence.prefilled and rank < index
+                )
+                if leader is sequence or not ahead or leader in followers:
+                    continue
+                shared = common_prefix(np.asarray(leader.prompt, dtype=np.int64), prompt)
+                if shared - sequence.prefilled >= MIN_REUSE_TOKENS:
+                    followers.add(sequence)
+                    break
+        return followers
+
+    def _keep_prefix(self, sequence: _Sequence) -> None:
+        """Keep a finished sequence's KV for later requests that start with the same tokens."""
+        tokens = sequence.cached_tokens()
+        if not self.prefix_cache.wants(tokens):
+            return
+        try:
+            block = self.runner.export_prefix(sequence.cache, tokens.shape[0])
+        except Exception:  # a cache that cannot be kept must not fail the request that just finished
+            log.exception("could not keep the prefix of a sequence on %s", self.name)
+            return
+        with self._lock:
+            self.prefix_cache.insert(tokens, block)
 
     def _advance(self, sequence: _Sequence) -> None:
         if sequence.prefilled < len(sequence.prompt):
@@ -277,13 +382,48 @@ class GenerationScheduler:
                 if self._past_deadline(sequence, monotonic()):
                     self._finish(sequence, "length")
                 return
+        elif self._speculate(sequence):
+            return
         else:
             logits = self.runner.forward(sequence.cache, [sequence.last_token])
         self._consume(sequence, logits)
 
+    def _speculate(self, sequence: _Sequence) -> bool:
+        """One decode step with drafts from the sequence's own history, verified in one run; False when there is
+        no draft to check (the caller then decodes one token)."""
+        if sequence.drafter is None:
+            return False
+        cache = sequence.cache
+        # Room: the drafts plus the token chosen after them must fit max_tokens, the context and the buffer.
+        room = self.context - len(sequence.prompt) - sequence.generated
+        max_tokens = sequence.request.params.max_tokens
+        if max_tokens is not None:
+            room = min(room, max_tokens - sequence.generated)
+        room = min(room, cache.capacity - cache.length) - 1
+        history = np.asarray(sequence.prompt + sequence.output_ids, dtype=np.int64)
+        drafts = sequence.drafter.propose(history, room)
+        if not drafts:
+            return False
+        start = cache.length
+        logits = self.runner.score(cache, [sequence.last_token, *drafts])
+        tokens = accept(sequence.sampler, logits, drafts)
+        accepted = len(tokens) - 1
+        self.runner.rewind(cache, start + 1 + accepted)  # the KV of the last token and the accepted drafts
+        sequence.drafter.update(len(drafts), accepted)
+        self.speculation["runs"] += 1
+        self.speculation["proposed"] += len(drafts)
+        self.speculation["accepted"] += accepted
+        for token in tokens:
+            if not self._take(sequence, token):
+                break
+        return True
+
     def _consume(self, sequence: _Sequence, logits: np.ndarray) -> None:
         """Sample the next token from `logits`, stream it and decide whether the sequence is done."""
-        token = sequence.sampler.choose(logits)
+        self._take(sequence, sequence.sampler.choose(logits))
+
+    def _take(self, sequence: _Sequence, token: int) -> bool:
+        """Stream the chosen `token` and decide whether the sequence is done; True while it goes on."""
         now = monotonic()
         if sequence.first_token_at is None:
             sequence.first_token_at = now
@@ -292,12 +432,15 @@ class GenerationScheduler:
         sequence.output_ids.append(token)
         if token in self.eos_ids:
             self._finish(sequence, "stop")
-            return
+            return False
         self._deliver(sequence, sequence.output.push(token))
         if sequence.output.stopped:
             self._finish(sequence, "stop")
         elif self._out_of_room(sequence) or self._past_deadline(sequence, now):
             self._finish(sequence, "length")
+        else:
+            return True
+        return False
 
     def _past_deadline(self, sequence: _Sequence, now: float) -> bool:
         if sequence.deadline is None or now < sequence.deadline:
@@ -337,6 +480,7 @@ class GenerationScheduler:
         first = sequence.first_token_at or now
         decode_seconds = now - first
         rate = (sequence.generated - 1) / decode_seconds if sequence.generated > 1 and decode_seconds > 0 else 0.0
+        self._keep_prefix(sequence)
         self._remove(sequence)
         ttft = first - sequence.request.submitted
         with self._lock:

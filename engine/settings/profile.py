@@ -67,6 +67,8 @@ class GenerationSettings:
     max_generation_seconds: float = 300.0  # 0: unlimited; the daemon cannot cancel, so bound runaway generations
     prompt_overflow: str = "error"  # error | truncate_oldest (drop the oldest turns until the prompt fits)
     max_concurrent_sequences: int = 4  # sequences decoding at once; later requests wait in the queue
+    prefix_cache_mb: int = 512  # KV of finished sequences kept for requests that start alike; 0: off
+    speculative_decoding: bool = True  # prompt-lookup drafts verified in one run (greedy output unchanged)
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,9 @@ def instance_settings(profile: RuntimeProfile) -> RuntimeProfile:
         if profile.embedding
         else None,
         rerank=RerankSettings("probability") if profile.rerank else None,
-        generation=replace(profile.generation, max_generation_seconds=0.0, prompt_overflow="error")
+        generation=replace(
+            profile.generation, max_generation_seconds=0.0, prompt_overflow="error", speculative_decoding=True
+        )
         if profile.generation
         else None,
     )
@@ -189,6 +193,8 @@ def parse_profile(
             max_generation_seconds=form["max_generation_seconds"],
             prompt_overflow=form["prompt_overflow"],
             max_concurrent_sequences=form["max_concurrent_sequences"],
+            prefix_cache_mb=form["prefix_cache_mb"],
+            speculative_decoding=form["speculative_decoding"] == "on",
         )
     if model_type != "llm":
         batching = BatchingSettings(

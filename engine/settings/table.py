@@ -139,6 +139,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_generation_seconds", NUMBER, "300", scope=CALL, model_types=("llm",), low=0.0, high=86400.0),
     Setting("prompt_overflow", CHOICE, "error", scope=CALL, model_types=("llm",), options=("error", "truncate_oldest")),
     _int("max_concurrent_sequences", "4", 1, 64, model_types=("llm",)),
+    # ~13 conversations of 1,600 tokens for Qwen2.5-0.5B (24.6 KB of KV per token); 0 turns the cache off
+    _int("prefix_cache_mb", "512", 0, 1 << 16, model_types=("llm",)),
+    Setting("speculative_decoding", CHOICE, "on", scope=CALL, model_types=("llm",), options=("on", "off")),
 )
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}

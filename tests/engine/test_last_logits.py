@@ -52,7 +52,7 @@ def test_edited_graph_gives_the_last_rows_logits_for_prompt_and_decode(name: str
     original = _session(str(directory / file))
     sliced = _session(edited.model_bytes, edited.folder)
     vocab = original.get_outputs()[0].shape[2]
-    assert sliced.get_outputs()[0].shape == [original.get_outputs()[0].shape[0], 1, vocab]
+    assert sliced.get_outputs()[0].shape == [original.get_outputs()[0].shape[0], "logits_positions", vocab]
     reference, candidate = _runner(original, directory, layout), _runner(sliced, directory, layout)
     caches = reference.new_cache(32), candidate.new_cache(32)
     for step in (PROMPT[:6], PROMPT[6:], [11], [12]):  # two prompt chunks, then two decode steps
@@ -64,6 +64,12 @@ def test_edited_graph_gives_the_last_rows_logits_for_prompt_and_decode(name: str
     binding = caches[1].binding if layout == "genai" else None
     if binding is not None:
         assert binding.get_outputs()[0].shape()[1] == 1
+    # Asked for more positions (a speculative verification), it returns exactly those rows of the full logits.
+    verify = [13, 14, 15]
+    expected_rows = np.stack([reference.forward(caches[0], [token]) for token in verify])
+    got_rows = candidate.score(caches[1], verify)
+    assert got_rows.shape == (3, vocab)
+    np.testing.assert_allclose(got_rows, expected_rows, rtol=1e-4, atol=1e-4)
 
 
 def test_generator_loads_the_edited_graph_for_both_layouts() -> None:
@@ -71,7 +77,7 @@ def test_generator_loads_the_edited_graph_for_both_layouts() -> None:
         profile = parse_profile({"model_path": name, "intra_op_threads": "1"}, "llm", roots=(ROOT,))
         scheduler, info = build_generator(profile, find_model_files(profile.model_dir), Placement(None, 1, False), id)
         assert info.details["logits"] == "last position", name
-        assert scheduler.runner.session.get_outputs()[0].shape[1] == 1
+        assert scheduler.runner.has_logits_count, name
 
 
 def test_a_head_that_is_not_a_projection_is_left_alone(tmp_path: Path) -> None:

@@ -62,6 +62,8 @@ EXPECTED_FIELDS: list[tuple[str, str, str | None, list[str], list[dict[str, str]
     ("max_generation_seconds", "text-input", "300", [], LLM),
     ("prompt_overflow", "select", "error", ["error", "truncate_oldest"], LLM),
     ("max_concurrent_sequences", "text-input", "4", [], LLM),
+    ("prefix_cache_mb", "text-input", "512", [], LLM),
+    ("speculative_decoding", "select", "on", ["on", "off"], LLM),
 ]
 
 
