@@ -5,7 +5,8 @@ through shared IOBinding buffers (genai); no tokenizer, scheduler or threads of 
 process, like the plugin, so both load their model as the first session of a new process (on this machine a
 second session created in the same process decoded several per cent faster than the first, which made an
 in-process reference unfair to the engine). Serves JSON lines: each stdin line {"prompt": [ids],
-"new_tokens": N, "eos": [ids]} gets one stdout line {"ttft_s", "decode_tokens_per_s", "new_tokens", "ids"}.
+"new_tokens": N, "eos": [ids]} gets one stdout line {"ttft_s", "decode_tokens_per_s", "new_tokens", "ids"}; a
+line {"batch": [[ids], ...], "new_tokens": N} runs a static batch (genai layout: `bare_static_batch`).
 
 `--last-logits` loads the graph with the engine's load-time edit (logits of the last position only) instead of
 the file as it is, to tell that edit's gain from the engine's overhead.
@@ -97,6 +98,60 @@ def bare_greedy(
     return ids, first_at - started, rate
 
 
+def bare_static_batch(
+    session: ort.InferenceSession, layout: Any, prompts: list[list[int]], new_tokens: int
+) -> dict[str, float]:
+    """A static batch on the genai (GroupQueryAttention) graph: every prompt prefilled in one run (right-padded,
+    each row's length in the attention mask), then `new_tokens` greedy steps for every row together, no early
+    stop. Returns the prefill seconds and the aggregate decode tokens/s (rows x (new_tokens - 1) over the time
+    from the first token to the last)."""
+    inputs = {i.name for i in session.get_inputs()}
+    rows, longest = len(prompts), max(len(p) for p in prompts)
+    capacity = longest + new_tokens
+    shape = (rows, layout.kv_heads, capacity, layout.head_dim)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, layout.dtype)) for _ in range(2 * layout.layers)]
+    past = [name for pair in layout.past_names for name in pair]
+    present = [name for pair in layout.present_names for name in pair]
+    binding = session.io_binding()
+    binding.bind_output("logits", "cpu")  # first, so it stays the first output
+    for past_name, present_name, value in zip(past, present, values):
+        binding.bind_ortvalue_input(past_name, value)
+        binding.bind_ortvalue_output(present_name, value)
+    lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+    ids = np.zeros((rows, longest), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+    started = time.perf_counter()
+    step = ids
+    first_at = 0.0
+    for index in range(new_tokens):
+        width = int(lengths.max())
+        binding.bind_cpu_input("input_ids", step)
+        binding.bind_cpu_input("attention_mask", (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
+        if "position_ids" in inputs:
+            positions = np.arange(width - step.shape[1], width, dtype=np.int64)[None, :].repeat(rows, 0)
+            if index:
+                positions = (lengths - 1)[:, None]
+            binding.bind_cpu_input("position_ids", positions)
+        if LOGITS_COUNT in inputs:
+            binding.bind_cpu_input(LOGITS_COUNT, np.array([step.shape[1]], np.int64))
+        binding.bind_output("logits", "cpu")
+        session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        # Each row's next token: from its own last real position (the prefill is right-padded).
+        last = lengths - 1 if index == 0 else np.full(rows, logits.shape[1] - 1)
+        step = logits[np.arange(rows), last].argmax(-1).astype(np.int64)[:, None]
+        if index == 0:
+            first_at = time.perf_counter()
+        lengths = lengths + 1
+    end = time.perf_counter()
+    return {
+        "prefill_s": first_at - started,
+        "decode_tokens_per_s": rows * (new_tokens - 1) / (end - first_at),
+        "rows": rows,
+    }
+
+
 def load(model_dir: Path, threads: int, last_logits: bool) -> tuple[ort.InferenceSession, Any, bool]:
     files = find_model_files(model_dir)
     options = session_options(threads)
@@ -123,6 +178,9 @@ class BareClient(JsonLinesProcess):
     def greedy(self, prompt: list[int], new_tokens: int, eos: set[int]) -> dict[str, Any]:
         return self.request({"prompt": prompt, "new_tokens": new_tokens, "eos": sorted(eos)})
 
+    def static_batch(self, prompts: list[list[int]], new_tokens: int) -> dict[str, Any]:
+        return self.request({"batch": prompts, "new_tokens": new_tokens})
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,6 +196,12 @@ def main() -> None:
         if not line.strip():
             continue
         request = json.loads(line)
+        if "batch" in request:
+            if not genai:
+                raise SystemExit("a static batch needs the genai layout (GroupQueryAttention)")
+            out.write(json.dumps(bare_static_batch(session, layout, request["batch"], int(request["new_tokens"]))))
+            out.write("\n")
+            continue
         ids, ttft, rate = bare_greedy(
             session, layout, genai, list(request["prompt"]), int(request["new_tokens"]), set(request["eos"])
         )

@@ -255,6 +255,12 @@ class Sampler:
             self.counts.add(token)
         return token
 
+    def decisive(self, logits: np.ndarray, margin: float) -> bool:
+        """True when the best (penalised) logit leads every other by at least `margin`."""
+        if self.counts is not None:
+            logits = apply_penalties(logits, self.params, self.counts)
+        return int(np.count_nonzero(logits >= logits.max() - np.float32(margin))) == 1
+
     def choose_against(self, logits: np.ndarray, draft: int) -> int:
         """The next token when `draft` was proposed for it (speculative decoding): greedy, the argmax as always;
         sampling, the draft with probability p(draft) under this sampler's distribution, else a token drawn from

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 # floats (78 MB for Qwen's 151,936-token vocabulary). Larger chunks measured no faster (1.75 s for 531 tokens at
 # 128, 256 or 512).
 PREFILL_CHUNK = 128
+# While other sequences decode, a prompt chunk is cut to take about this many of their decode steps' time, and
+# decode steps and prompt chunks alternate: a streaming answer's token gap stays about (1 + this) steps while
+# another prompt is read, instead of a whole 128-token chunk (~10 decode steps on 2 cores).
+PREFILL_GAP_STEPS = 1.0
+MIN_PREFILL_CHUNK = 16
+# Weight of the newest run in the running estimates of a decode step's time and a prompt token's cost.
+TIMING_WEIGHT = 0.3
 # KV buffers (genai layout) are allocated in multiples of this many positions.
 CAPACITY_STEP = 256
 # Requests waiting for a free sequence slot, per slot: beyond that a new request is refused as busy at once
@@ -81,6 +88,7 @@ class _Sequence:
     output_ids: list[int] = field(default_factory=list)
     drafter: NgramDrafter | None = None  # speculative decoding, when on for this sequence
     reused: int = 0  # prompt tokens whose KV was copied instead of computed
+    plain_next: bool = False  # the next token is decoded by a plain run (a verification stopped at a near-tie)
 
     @property
     def prefilling(self) -> bool:
@@ -124,6 +132,9 @@ class GenerationScheduler:
         self._request_count = 0
         self.batched_steps = 0  # decode runs that advanced several sequences at once
         self.prefix_cache = PrefixCache(settings.prefix_cache_mb << 20)
+        self._decode_step_s = 0.0  # running estimates (worker thread): a decode unit's time,
+        self._prefill_token_s = 0.0  # and the time per token of a prompt chunk
+        self._last_was_prefill = False
         self.speculation = {"runs": 0, "proposed": 0, "accepted": 0}  # verification runs and their drafts
 
     # caller side (any thread or greenlet)
@@ -176,24 +187,18 @@ class GenerationScheduler:
         # Units of work taken in turn: each prefilling (or unbatchable) sequence alone, and one batched decode
         # step for every sequence that can share a run. A prefilling sequence whose prompt start another one is
         # computing now waits for it and copies it instead.
-        followers = self._followers()
-        batch = [s for s in self._active if not s.prefilling and self.runner.batchable(s.cache)]
-        units: list[_Sequence | list[_Sequence]] = [s for s in self._active if s not in batch and s not in followers]
-        if len(batch) > 1:
-            units.append(batch)
-        else:
-            units.extend(batch)
-        unit = units[self._turn % len(units)]
-        self._turn += 1
+        unit = self._next_unit()
         members = unit if isinstance(unit, list) else [unit]
+        started = monotonic()
         try:
             if isinstance(unit, list):
                 logits = self.runner.decode_batch([s.cache for s in unit], [s.last_token for s in unit])
                 self.batched_steps += 1
+                self._decode_step_s = _blend(self._decode_step_s, monotonic() - started)
                 for sequence, row in zip(unit, logits):
                     self._consume(sequence, row)
             else:
-                self._advance(unit)
+                self._advance(unit, started)
         except Exception as error:  # ORT failure: only the sequences of this run fail
             log.exception("generation step failed on %s", self.name)
             for sequence in members:
@@ -203,6 +208,31 @@ class GenerationScheduler:
                         InferenceError(f"generation failed: {type(error).__name__}: {error}")
                     )
         return 0.0
+
+    def _next_unit(self) -> _Sequence | list[_Sequence]:
+        """The work of this step. Decoding units (one batched run for every sequence that can share it, each other
+        decoding sequence alone) and prompt chunks alternate while both exist, each kind taken in turn; a
+        prefilling sequence that follows another (`_followers`) waits."""
+        followers = self._followers()
+        batch = [s for s in self._active if not s.prefilling and self.runner.batchable(s.cache)]
+        decoding: list[_Sequence | list[_Sequence]] = [s for s in self._active if not s.prefilling and s not in batch]
+        if len(batch) > 1:
+            decoding.append(batch)
+        else:
+            decoding.extend(batch)
+        prefilling = [s for s in self._active if s.prefilling and s not in followers]
+        self._turn += 1
+        self._last_was_prefill = bool(prefilling) and (not decoding or not self._last_was_prefill)
+        if self._last_was_prefill:
+            return prefilling[self._turn % len(prefilling)]
+        return decoding[self._turn % len(decoding)]
+
+    def _chunk_size(self) -> int:
+        """Prompt tokens of the next chunk: PREFILL_CHUNK, or while others decode, what fits their gap budget."""
+        if not any(not s.prefilling for s in self._active) or not self._prefill_token_s:
+            return PREFILL_CHUNK
+        budget = PREFILL_GAP_STEPS * self._decode_step_s / self._prefill_token_s
+        return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK, int(budget)))
 
     def snapshot(self) -> dict[str, object]:
         """Statistics of the finished requests (safe from any thread)."""
@@ -373,10 +403,12 @@ class GenerationScheduler:
         with self._lock:
             self.prefix_cache.insert(tokens, block)
 
-    def _advance(self, sequence: _Sequence) -> None:
+    def _advance(self, sequence: _Sequence, started: float) -> None:
         if sequence.prefilled < len(sequence.prompt):
-            chunk = sequence.prompt[sequence.prefilled : sequence.prefilled + PREFILL_CHUNK]
+            chunk = sequence.prompt[sequence.prefilled : sequence.prefilled + self._chunk_size()]
             logits = self.runner.forward(sequence.cache, chunk)
+            if len(chunk) >= MIN_PREFILL_CHUNK:
+                self._prefill_token_s = _blend(self._prefill_token_s, (monotonic() - started) / len(chunk))
             sequence.prefilled += len(chunk)
             if sequence.prefilled < len(sequence.prompt):
                 if self._past_deadline(sequence, monotonic()):
@@ -386,12 +418,14 @@ class GenerationScheduler:
             return
         else:
             logits = self.runner.forward(sequence.cache, [sequence.last_token])
+            self._decode_step_s = _blend(self._decode_step_s, monotonic() - started)
         self._consume(sequence, logits)
 
     def _speculate(self, sequence: _Sequence) -> bool:
         """One decode step with drafts from the sequence's own history, verified in one run; False when there is
         no draft to check (the caller then decodes one token)."""
-        if sequence.drafter is None:
+        if sequence.drafter is None or sequence.plain_next:
+            sequence.plain_next = False
             return False
         cache = sequence.cache
         # Room: the drafts plus the token chosen after them must fit max_tokens, the context and the buffer.
@@ -407,9 +441,12 @@ class GenerationScheduler:
         start = cache.length
         logits = self.runner.score(cache, [sequence.last_token, *drafts])
         tokens = accept(sequence.sampler, logits, drafts)
-        accepted = len(tokens) - 1
-        self.runner.rewind(cache, start + 1 + accepted)  # the KV of the last token and the accepted drafts
+        accepted = sum(1 for token, draft in zip(tokens, drafts) if token == draft)
+        self.runner.rewind(cache, start + len(tokens))  # the KV of the tokens fed before each emitted one
         sequence.drafter.update(len(drafts), accepted)
+        if accepted == len(tokens) <= len(drafts):
+            # Stopped at a near-tie: the last emitted token (or the last token itself) is fed by a plain run.
+            sequence.plain_next = True
         self.speculation["runs"] += 1
         self.speculation["proposed"] += len(drafts)
         self.speculation["accepted"] += accepted
@@ -504,3 +541,8 @@ class GenerationScheduler:
             self._active.remove(sequence)
         self.runner.release(sequence.cache)  # free the KV memory (or pool slot) now, not when the request dies
         sequence.cache = KvCache(0)
+
+
+def _blend(estimate: float, sample: float) -> float:
+    """A running estimate moved towards the newest sample (the first sample is taken as it is)."""
+    return sample if not estimate else estimate + TIMING_WEIGHT * (sample - estimate)

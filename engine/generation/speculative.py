@@ -5,7 +5,12 @@ in the prompt. The drafter looks for the latest earlier occurrence of the sequen
 prompt and output, and proposes the tokens that followed it. The runner then scores the last token and the
 drafts in one run (on a CPU a run over a few positions costs little more than one: the weights are read once),
 and `accept` keeps the drafts the model agrees with:
-- greedy: a draft is kept while it is the argmax, so the output is exactly that of plain greedy decoding;
+- greedy: a draft is kept while it is the argmax, so the output is that of plain greedy decoding — exactly on
+  float32 graphs (tested). On quantized graphs a run over several positions does not compute bit-identical
+  logits to one-position runs (MatMulNBits takes another kernel path; Qwen2.5-0.5B int4 differed by up to 0.23
+  on the leading logits), so where the best two logits are closer than TIE_MARGIN the verification stops and
+  that position is decoded by a plain one-position run. The KV those runs write differs in the same way (by
+  ~0.02 in later logits), so a later near-tie can still fall the other way, as it can with batched decoding;
 - sampling: the standard rule for a deterministic draft (the draft distribution is a point mass): draft token x
   is kept with probability p(x); on rejection the token is drawn from p with x removed and renormalised. Each
   emitted token is then distributed exactly as p, the distribution of plain sampling.
@@ -26,6 +31,8 @@ MIN_NGRAM = 2
 MAX_DRAFT = 8
 # History searched for a match (tokens before the end): longer chats cost more per step to search.
 SEARCH_WINDOW = 8192
+# Greedy positions whose best two logits are closer than this are left to a plain one-position run (above).
+TIE_MARGIN = 0.5
 
 
 class NgramDrafter:
@@ -67,13 +74,19 @@ class NgramDrafter:
 
 def accept(sampler: Sampler, logits: np.ndarray, drafts: Sequence[int]) -> list[int]:
     """The tokens to emit after a verification run: the accepted drafts, then one token chosen by the model (the
-    correction at the first rejection, or the token after the last draft). `logits[i]` are the logits after
-    the i-th token fed (the last token, then each draft): len(drafts) + 1 rows."""
+    correction at the first rejection, or the token after the last draft) unless, greedy, that position is a
+    near-tie (then it is left to a plain run). `logits[i]` are the logits after the i-th token fed (the last
+    token, then each draft): len(drafts) + 1 rows. Either way the cache keeps the KV of the tokens fed before
+    each emitted one: its length becomes (length before the run) + len(result)."""
     emitted: list[int] = []
-    for row, draft in zip(logits, drafts):
-        token = sampler.choose_against(row, draft)
-        emitted.append(token)
-        if token != draft:
+    for index, row in enumerate(logits[: len(drafts) + 1]):
+        if sampler.params.greedy and not sampler.decisive(row, TIE_MARGIN):
             return emitted
-    emitted.append(sampler.choose(logits[len(drafts)]))
+        if index == len(drafts):
+            emitted.append(sampler.choose(row))
+            return emitted
+        token = sampler.choose_against(row, drafts[index])
+        emitted.append(token)
+        if token != drafts[index]:
+            return emitted
     return emitted
