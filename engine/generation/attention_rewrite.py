@@ -224,7 +224,8 @@ def _match_layer(g: _Graph, softmax: onnx.NodeProto, layers: int) -> tuple[_Laye
         raise Unrewritable("Softmax is not over the key axis")
     # Scores: (q · s1) @ (Transpose(k) · s2) + mask.
     masked = g.producer(softmax.input[0], "Add", "attention scores")
-    scores = next((g.producers[i] for i in masked.input if getattr(g.producers.get(i), "op_type", "") == "MatMul"), None)
+    products = [g.producers[i] for i in masked.input if i in g.producers and g.producers[i].op_type == "MatMul"]
+    scores = products[0] if len(products) == 1 else None
     if scores is None:
         raise Unrewritable("attention scores: no q·kᵀ MatMul before the mask Add")
     query_rotated, query_scale = _scale_factor(g, scores.input[0])
