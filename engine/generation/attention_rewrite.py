@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
 from engine.generation.last_logits import (
     CACHE_EMBEDDED_BYTES,
@@ -41,6 +41,7 @@ from engine.generation.last_logits import (
     last_position_graph,
     slice_last_position,
 )
+from engine.paths import metadata_path
 from engine.quantize_cache import cache_root, cached_file_hash, read_entry
 from engine.session_builder import EditedGraph
 
@@ -53,6 +54,8 @@ _MS_DOMAIN = "com.microsoft"
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Identity"}
 _REPEAT_KV = {"Unsqueeze", "Expand", "Reshape"}
 _FLOAT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+# Constants the matcher reads (scales, rotary frequencies) are small; larger external tensors are never loaded.
+_MAX_CONSTANT_BYTES = 1 << 20
 
 
 class Unrewritable(Exception):
@@ -73,8 +76,9 @@ class _Layer:
 class _Graph:
     """Producers, consumers and constant values of a graph's tensors."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, folder: Path | None) -> None:
         self.graph = graph
+        self.folder = folder  # where the graph's external data lives (locations were confined by model_files)
         self.producers: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:
@@ -93,14 +97,19 @@ class _Graph:
 
     def constant(self, name: str) -> np.ndarray | None:
         tensor = self.initializers.get(name)
-        if tensor is not None:
-            return None if uses_external_data(tensor) else numpy_helper.to_array(tensor)
         node = self.producers.get(name)
-        if node is not None and node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    return numpy_helper.to_array(attribute.t)
-        return None
+        if tensor is None and node is not None and node.op_type == "Constant":
+            tensor = next((a.t for a in node.attribute if a.name == "value"), None)
+        if tensor is None or not uses_external_data(tensor):
+            return None if tensor is None else numpy_helper.to_array(tensor)
+        info = ExternalDataInfo(tensor)
+        if self.folder is None or not 0 < info.length <= _MAX_CONSTANT_BYTES:
+            return None
+        metadata_path(self.folder, info.location, "the decoder graph", "external data location")
+        copy = TensorProto()
+        copy.CopyFrom(tensor)
+        load_external_data_for_tensor(copy, str(self.folder))
+        return numpy_helper.to_array(copy)
 
     def through(self, name: str, ops: Iterable[str] = _PASS_THROUGH) -> str:
         """The tensor `name` is computed from, skipping nodes of `ops`."""
@@ -310,12 +319,13 @@ def _kv_input(graph: onnx.GraphProto, name: str) -> onnx.ValueInfoProto:
     return found
 
 
-def rewrite_attention(model: onnx.ModelProto, config: Mapping[str, Any]) -> int:
+def rewrite_attention(model: onnx.ModelProto, config: Mapping[str, Any], folder: Path | None = None) -> int:
     """Rewrite `model` in place (see the module's doc); returns the number of layers rewritten. Raises
-    `Unrewritable` before changing anything when the graph is not the recognised pattern."""
+    `Unrewritable` before changing anything when the graph is not the recognised pattern. `folder` holds the
+    graph's external data, if any."""
     heads, kv_heads, positions = _check_config(config)
     graph = model.graph
-    g = _Graph(graph)
+    g = _Graph(graph, folder)
     inputs = {i.name for i in graph.input}
     if "attention_mask" not in inputs or "position_ids" not in inputs:
         raise Unrewritable("the graph lacks the attention_mask or position_ids input")
@@ -496,7 +506,7 @@ class AttentionRewrite:
         embedded = sum(t.ByteSize() for t in model.graph.initializer if not uses_external_data(t))
         if embedded > MAX_EMBEDDED_BYTES:
             raise Unrewritable(f"the graph embeds {embedded / 1e6:.0f} MB of weights (too big to re-serialize)")
-        layers = rewrite_attention(model, self.config)
+        layers = rewrite_attention(model, self.config, path.parent)
         slice_last_position(model, path.name)
         log.info("%s: attention of %d layers rewritten onto GroupQueryAttention (in-place KV cache)", path.name, layers)
         if slot is None or embedded <= CACHE_EMBEDDED_BYTES:
