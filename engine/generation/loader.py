@@ -141,7 +141,7 @@ def build_generator(
         "vocab_size": layout.vocab_size,
         "eos_token_ids": sorted(eos_ids),
         "logits": "last position" if _last_position_only(session) else "every position",
-        "kv_cache": rewrite.describe() if rewrite is not None else "in place (GroupQueryAttention)",
+        "kv_cache": rewrite.describe() if rewrite is not None else "KV cache in place (GroupQueryAttention)",
         "mode": settings.mode,
         "tools": template is not None and template.accepts_tools,
     }
