@@ -53,7 +53,8 @@ _MS_DOMAIN = "com.microsoft"
 # Ops between a tensor and the value it carries unchanged for matching purposes (type and rank plumbing).
 _PASS_THROUGH = {"Cast", "Unsqueeze", "Identity"}
 _REPEAT_KV = {"Unsqueeze", "Expand", "Reshape"}
-_FLOAT_TYPES = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+# float16 graphs run but were only checked to float16 precision (not greedy-identical on the fixture): kept as is.
+_FLOAT_TYPES = {TensorProto.FLOAT: np.float32}
 # Constants the matcher reads (scales, rotary frequencies) are small; larger external tensors are never loaded.
 _MAX_CONSTANT_BYTES = 1 << 20
 
@@ -87,6 +88,7 @@ class _Graph:
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         self.initializers = {t.name: t for t in graph.initializer}
+        self.input_names = {i.name for i in graph.input}
 
     def producer(self, name: str, op: str, what: str) -> onnx.NodeProto:
         node = self.producers.get(name)
@@ -110,6 +112,24 @@ class _Graph:
         copy.CopyFrom(tensor)
         load_external_data_for_tensor(copy, str(self.folder))
         return numpy_helper.to_array(copy)
+
+    def inputs_behind(self, name: str) -> set[str]:
+        """The graph inputs `name` is computed from."""
+        found: set[str] = set()
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen or not tensor:
+                continue
+            seen.add(tensor)
+            node = self.producers.get(tensor)
+            if node is None:
+                if tensor in self.input_names:
+                    found.add(tensor)
+            else:
+                stack.extend(node.input)
+        return found
 
     def through(self, name: str, ops: Iterable[str] = _PASS_THROUGH) -> str:
         """The tensor `name` is computed from, skipping nodes of `ops`."""
@@ -237,6 +257,13 @@ def _match_layer(g: _Graph, softmax: onnx.NodeProto, layers: int) -> tuple[_Laye
     scores = products[0] if len(products) == 1 else None
     if scores is None:
         raise Unrewritable("attention scores: no q·kᵀ MatMul before the mask Add")
+    # The mask must be the causal/padding mask of the inputs (GroupQueryAttention's own), nothing else.
+    mask = masked.input[1] if masked.input[0] == scores.output[0] else masked.input[0]
+    behind = g.inputs_behind(mask)
+    if "attention_mask" not in behind or not behind <= {"attention_mask", "input_ids", "position_ids"} | {
+        name for name in behind if name.startswith("past_key_values.")
+    }:
+        raise Unrewritable(f"attention mask: computed from {', '.join(sorted(behind)) or 'constants'}")
     query_rotated, query_scale = _scale_factor(g, scores.input[0])
     key_transposed, key_scale = _scale_factor(g, scores.input[1])
     transpose = g.producer(key_transposed, "Transpose", "kᵀ")
@@ -303,12 +330,17 @@ def _config_int(config: Mapping[str, Any], *keys: str) -> int | None:
 
 def _check_config(config: Mapping[str, Any]) -> tuple[int, int, int]:
     """(heads, kv heads, positions) from config.json; refuses what GroupQueryAttention here would not reproduce."""
-    if config.get("use_sliding_window") or any(kind != "full_attention" for kind in config.get("layer_types") or []):
-        raise Unrewritable("the model uses sliding-window attention")
     heads = _config_int(config, "num_attention_heads")
     positions = _config_int(config, "max_position_embeddings")
     if heads is None or positions is None:
         raise Unrewritable("config.json lacks num_attention_heads or max_position_embeddings")
+    # Qwen2 says whether its window applies (use_sliding_window); Mistral-style configs apply any window given.
+    window = config.get("sliding_window")
+    windowed = config.get("use_sliding_window", window is not None)
+    if windowed and (not isinstance(window, int) or window < positions):
+        raise Unrewritable("the model uses sliding-window attention")
+    if any(kind != "full_attention" for kind in config.get("layer_types") or []):
+        raise Unrewritable("the model uses sliding-window attention")
     return heads, _config_int(config, "num_key_value_heads") or heads, positions
 
 
@@ -334,8 +366,10 @@ def rewrite_attention(model: onnx.ModelProto, config: Mapping[str, Any], folder:
     dtype = _FLOAT_TYPES.get(first_past.elem_type)
     dims = first_past.shape.dim
     head_dim = dims[3].dim_value if len(dims) == 4 else 0
+    if first_past.elem_type == TensorProto.FLOAT16:
+        raise Unrewritable("float16 graphs are not rewritten (checked to float16 precision only)")
     if dtype is None or not head_dim or dims[1].dim_value not in (0, kv_heads):
-        raise Unrewritable("the past_key_values inputs are not [batch, kv_heads, sequence, head_dim] float tensors")
+        raise Unrewritable("the past_key_values inputs are not [batch, kv_heads, sequence, head_dim] float32 tensors")
     softmaxes = [node for node in graph.node if node.op_type == "Softmax"]
     if len(softmaxes) != layers:
         raise Unrewritable(f"{len(softmaxes)} Softmax nodes at the top level for {layers} layers")

@@ -157,3 +157,41 @@ def test_an_unexpected_attention_shape_is_refused_before_any_change() -> None:
     with pytest.raises(Unrewritable, match="attention scores: expected Add, found Sub"):
         rewrite_attention(model, CONFIG)
     assert model.SerializeToString() == before
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"sliding_window": 64, "use_sliding_window": None}, "sliding-window"),  # Mistral: a window given applies
+        ({"sliding_window": 64, "use_sliding_window": False}, None),  # Qwen2: the flag decides
+        ({"layer_types": ["sliding_attention", "full_attention"]}, "sliding-window attention"),
+        ({"max_position_embeddings": None}, "lacks num_attention_heads or max_position_embeddings"),
+    ],
+)
+def test_the_config_decides_what_attention_is_rewritten(changes: dict, reason: str | None) -> None:
+    model = onnx.load(str(SOURCE / "model.onnx"))
+    config = {key: value for key, value in {**CONFIG, **changes}.items() if value is not None}  # None: absent
+    if reason is None:
+        assert rewrite_attention(model, config) == 2
+    else:
+        with pytest.raises(Unrewritable, match=reason):
+            rewrite_attention(model, config)
+
+
+def test_a_float16_graph_is_kept_as_exported() -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(SOURCE / "model.onnx")), keep_io_types=False)
+    with pytest.raises(Unrewritable, match="float16"):
+        rewrite_attention(model, CONFIG)
+
+
+def test_a_mask_that_is_not_the_inputs_causal_mask_is_refused() -> None:
+    """An additive bias from a weight (ALiBi-like) instead of the attention_mask: GQA would drop it."""
+    model = onnx.load(str(SOURCE / "model.onnx"))
+    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
+    add = next(node for node in model.graph.node if softmax.input[0] in node.output)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "bias"))
+    add.input[1] = "bias"
+    with pytest.raises(Unrewritable, match="attention mask: computed from constants"):
+        rewrite_attention(model, CONFIG)
