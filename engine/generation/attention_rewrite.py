@@ -558,7 +558,8 @@ class AttentionRewrite:
             "onnx": onnx.__version__,
         }
         key = hashlib.sha256(json.dumps({k: v for k, v in info.items() if k != "source"}, sort_keys=True).encode())
-        return root, f"{path.parent.name[:48]}-{path.stem[:32]}-gqa-{key.hexdigest()[:20]}", info
+        model = path.parent.parent if path.parent.name == "onnx" else path.parent  # transformers.js: onnx/
+        return root, f"{model.name[:48]}-{path.stem[:32]}-gqa-{key.hexdigest()[:20]}", info
 
     def describe(self) -> str:
         if self.applied:
