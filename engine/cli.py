@@ -318,6 +318,7 @@ def inspect(args: argparse.Namespace, out: TextIO) -> int:
                 "bytes_at_context": per_token * facts["context"]["size"],
                 "vocab_size": d["vocab_size"],
                 "logits": d.get("logits"),
+                "update": d.get("kv_cache"),
             }
     if args.json:
         _emit_json(facts, out)
@@ -404,6 +405,8 @@ def _print_inspect(facts: dict[str, Any], out: TextIO) -> None:
                 f"({_mb(kv['bytes_at_context'])} at the full context)",
             )
         )
+        if kv.get("update"):
+            rows.append(("KV update", kv["update"]))
         rows.append(("vocabulary", f"{kv['vocab_size']} logits, computed for the {kv['logits']}"))
     _table(rows, out)
 

@@ -65,4 +65,5 @@ class ModelInfo:
             f"loaded in {self.load_seconds:.2f}s (+{self.details.get('rss_delta_mb', 0)} MB RSS), "
             f"{self.threads} thread(s) on {cores}, {spin}, context {self.context_size}"
             + (f", logits for the {self.details['logits']}" if "logits" in self.details else "")
+            + (f", {self.details['kv_cache']}" if "kv_cache" in self.details else "")
         )

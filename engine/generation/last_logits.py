@@ -81,15 +81,48 @@ def last_position_graph(path: Path) -> EditedGraph | None:
     if embedded > MAX_EMBEDDED_BYTES:
         log.info("%s embeds %.0f MB of weights; logits stay computed for every position", path.name, embedded / 1e6)
         return None
+    if not slice_last_position(model, path.name):
+        return None
+    if slot is None or embedded <= CACHE_EMBEDDED_BYTES:
+        return EditedGraph(model.SerializeToString(), path.parent)
+    root, name, info = slot
+    edited = cached_with_external_data(model, root, name, path.name, info)
+    log.info("%s: edited graph kept in the cache (%s) with its weights as external data", path.name, edited.folder)
+    return edited
+
+
+def cached_with_external_data(
+    model: onnx.ModelProto, root: Path, name: str, main_file: str, info: dict[str, object]
+) -> EditedGraph:
+    """`model` saved as cache entry `name` (weights as external data beside it), to be loaded by path."""
+
+    def save(output: Path) -> None:
+        onnx.save_model(
+            model,
+            str(output),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=output.name + ".data",
+            size_threshold=1024,
+        )
+
+    saved, _ = build_entry(root, name, main_file, save, info)
+    return EditedGraph(None, saved.parent, saved)
+
+
+def slice_last_position(model: onnx.ModelProto, label: str) -> bool:
+    """Edit `model` in place so its head projects the last position only; False (model untouched) when the
+    head is not a recognised projection."""
+    graph = model.graph
     producers = [node for node in graph.node if LOGITS in node.output]
     outputs = [output for output in graph.output if output.name == LOGITS]
     if len(producers) != 1 or len(outputs) != 1 or any(n.name == _SLICE_NAME for n in graph.node):
-        return None
+        return False
     head = producers[0]
     dims = outputs[0].type.tensor_type.shape.dim
     if head.op_type not in _PROJECTIONS or len(dims) != 3:
-        log.info("%s: the logits come from %s; logits stay computed for every position", path.name, head.op_type)
-        return None
+        log.info("%s: the logits come from %s; logits stay computed for every position", label, head.op_type)
+        return False
     hidden = head.input[0]
     graph.input.append(helper.make_tensor_value_info(LOGITS_COUNT, TensorProto.INT64, [1]))
     constants = [
@@ -110,20 +143,4 @@ def last_position_graph(path: Path) -> EditedGraph | None:
     head.input[0] = last.output[0]
     dims[1].Clear()
     dims[1].dim_param = "logits_positions"
-    if slot is None or embedded <= CACHE_EMBEDDED_BYTES:
-        return EditedGraph(model.SerializeToString(), path.parent)
-    root, name, info = slot
-
-    def save(output: Path) -> None:
-        onnx.save_model(
-            model,
-            str(output),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=output.name + ".data",
-            size_threshold=1024,
-        )
-
-    saved, _ = build_entry(root, name, path.name, save, info)
-    log.info("%s: edited graph kept in the cache (%s) with its weights as external data", path.name, saved.parent)
-    return EditedGraph(None, saved.parent, saved)
+    return True

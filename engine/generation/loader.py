@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import BadRequestError, ModelLoadError
+from engine.generation.attention_rewrite import AttentionRewrite
 from engine.generation.kv_layout import KvLayout, read_kv_layout
 from engine.generation.last_logits import last_position_graph, takes_logits_count
 from engine.generation.prompt import PromptBuilder
@@ -80,9 +81,9 @@ def read_traits(profile: RuntimeProfile) -> ModelTraits:
 
 
 def _runner(
-    session: object, layout: KvLayout, files: ModelFiles, settings: GenerationSettings, context: int
+    session: object, layout: KvLayout, graph_layout: str, settings: GenerationSettings, context: int
 ) -> DecoderRunner:
-    if files.layout == "genai":
+    if graph_layout == "genai":
         slots = settings.max_concurrent_sequences
         return GenaiRunner(session, layout, slots, min(context, BATCH_SLOT_CAPACITY))  # type: ignore[arg-type]
     return OptimumRunner(session, layout)  # type: ignore[arg-type]
@@ -106,9 +107,12 @@ def build_generator(
             "set mode to completion for a base model",
         )
     context = resolve_context_size(profile.context_size, directory, profile.model_type)
-    session, loaded_path = session_for(profile, files, placement, last_position_graph)
+    # An Optimum decoder whose attention is rewritten onto GroupQueryAttention runs as the genai layout does.
+    rewrite = AttentionRewrite(read_optional_json(directory / "config.json")) if files.layout == "optimum" else None
+    session, loaded_path = session_for(profile, files, placement, rewrite or last_position_graph)
+    graph_layout = "genai" if rewrite is not None and rewrite.applied else files.layout
     layout = read_kv_layout(session, directory, files.layout)
-    runner = _runner(session, layout, files, settings, context)
+    runner = _runner(session, layout, graph_layout, settings, context)
     eos_text = dict(template.special_tokens).get("eos_token") if template else None
     eos_ids = eos_token_ids(directory, tokenizer.token_to_id(eos_text) if eos_text else None)
     if not eos_ids:
@@ -132,6 +136,7 @@ def build_generator(
         "vocab_size": layout.vocab_size,
         "eos_token_ids": sorted(eos_ids),
         "logits": "last position" if takes_logits_count(session) else "every position",
+        "kv_cache": rewrite.describe() if rewrite is not None else "KV cache in place (GroupQueryAttention)",
         "mode": settings.mode,
         "tools": template is not None and template.accepts_tools,
     }

@@ -218,3 +218,23 @@ def test_speculative_sampling_keeps_the_distribution(params: SamplingParams) -> 
     chi2 = float((((observed - expected_counts) ** 2)[keep] / expected_counts[keep]).sum())
     # 99.9th percentile of chi-square with (cells - 1) degrees of freedom, at most 63 here: < 110.
     assert chi2 < 110, chi2
+
+
+def test_optimum_runner_copies_a_prefix_exactly() -> None:
+    """Graphs kept in the Optimum layout (not rewritten onto GroupQueryAttention) reuse prefixes through the
+    runner's export/import: decoding on from a copied prefix gives the logits of decoding on from the original."""
+    import onnxruntime as ort
+
+    from engine.generation.kv_layout import read_kv_layout
+    from engine.generation.runners import OptimumRunner
+
+    directory = ROOT / OPTIMUM
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    runner = OptimumRunner(session, read_kv_layout(session, directory, "optimum"))
+    ids = CASES["system_user"]["input_ids"]
+    original = runner.new_cache(64)
+    runner.forward(original, ids)
+    copy = runner.new_cache(64)
+    runner.import_prefix(copy, runner.export_prefix(original, len(ids) - 3), len(ids) - 3)
+    expected = runner.score(original, [5, 6])
+    np.testing.assert_allclose(runner.score(copy, [*ids[-3:], 5, 6])[-2:], expected, rtol=1e-5, atol=1e-5)
