@@ -8,6 +8,7 @@ from pathlib import Path
 from engine.encoders.batching import MicroBatcher
 from engine.encoders.embedding import EmbeddingTask, resolve_pooling
 from engine.encoders.embedding_cache import EmbeddingCache
+from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids, is_llm_reranker
 from engine.encoders.rerank import RerankTask
 from engine.encoders.runner import EncoderRunner
 from engine.errors import ModelLoadError
@@ -15,7 +16,7 @@ from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
 from engine.placement import Placement, activity_of, join_placement
-from engine.session_builder import session_for
+from engine.session_builder import GraphEdit, session_for
 from engine.settings.profile import RuntimeProfile
 from engine.text.tokenizer import load_tokenizer
 
@@ -37,14 +38,24 @@ def build_encoder(
     placement: Placement,
     wake: Callable[[], None],
     name: str | None = None,
+    decoder_edit: GraphEdit | None = None,
 ) -> tuple[MicroBatcher, ModelInfo]:
+    """`decoder_edit`: the graph edit an LLM-style reranker's decoder loads with (the caller's last-position
+    logits edit: the answer needs one position's logits, not [sequence × vocabulary] per pair)."""
     directory = profile.model_dir
     tokenizer = load_tokenizer(directory)
     context = resolve_context_size(profile.context_size, directory, profile.model_type)
-    session, loaded_path = session_for(profile, files, placement)
+    llm_rerank = profile.model_type == "rerank" and is_llm_reranker(directory, files.kind)
+    session, loaded_path = session_for(profile, files, placement, decoder_edit if llm_rerank else None)
     padding = tokenizer.padding
     pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
     details: dict[str, object] = {}
+    if files.kind == "decoder" and not llm_rerank:
+        raise ModelLoadError(
+            "model_path",
+            "the graph has past_key_values inputs (a decoder with a KV cache): add it as an LLM or an LLM-style "
+            "rerank model; an embedding model needs a graph exported without a cache (task feature-extraction)",
+        )
     if profile.model_type == "text-embedding":
         assert profile.embedding is not None
         runner = EncoderRunner(session, pad_id, EMBEDDING_OUTPUTS)
@@ -52,6 +63,14 @@ def build_encoder(
         task: EmbeddingTask | RerankTask = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
         probe = task.run(task.tokenize(["hello world"], "document"))
         details.update(dimension=int(probe[0].shape[0]), pooling=pooling, normalize=profile.embedding.normalize)
+    elif llm_rerank:
+        assert profile.rerank is not None
+        scorer = DecoderScorer(session, pad_id, answer_ids(tokenizer))
+        task = LlmRerankTask(scorer, tokenizer, context, profile.rerank)
+        if task.budget < 1:
+            raise ModelLoadError("model_path", f"context size {context} leaves no room for the reranker's prompt")
+        task.run(task.tokenize([("hello", "world")]))
+        details.update(score_mode=profile.rerank.score_mode, reranker="llm (yes/no)")
     else:
         assert profile.rerank is not None
         runner = EncoderRunner(session, pad_id, RERANK_OUTPUTS)
