@@ -1,0 +1,154 @@
+"""LLM-style reranker (Qwen3-Reranker recipe) through the engine equals an independent reference: the model
+card's prompt written out here, the decoder run directly with ONNX Runtime one pair at a time (empty cache),
+P(yes) = softmax over the last position's "no" and "yes" logits in numpy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer
+
+from engine.api import Engine
+from engine.errors import BadRequestError, ModelLoadError
+from engine.settings.profile import parse_profile
+from tests.conftest import FIXTURES, ROOTS, settings
+
+RERANKER = FIXTURES / "tiny-qwen3-reranker"
+PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+QUERY = "parse a configuration file"
+DOCS = [
+    "Read and parse configuration files in the INI format.",
+    "Return the absolute value of a number.",
+    "def parse(text): return configparser.ConfigParser().read_string(text)",
+    "A long unrelated sentence about the weather in spring " * 8,
+    "",
+    "こんにちは世界。今日はいい天気ですね。",
+]
+
+
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_file(str(RERANKER / "tokenizer.json"))
+
+
+def prompt_ids(query: str, doc: str, instruction: str, context: int) -> list[int]:
+    tok = tokenizer()
+    prefix = tok.encode(PREFIX, add_special_tokens=False).ids
+    suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
+    body = tok.encode(f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}", add_special_tokens=False)
+    return prefix + body.ids[: context - len(prefix) - len(suffix)] + suffix
+
+
+def reference_logits(docs: list[str], instruction: str = CARD_INSTRUCTION, context: int = 512) -> np.ndarray:
+    """[docs, 2]: the "no" and "yes" logits after each pair's prompt."""
+    session = ort.InferenceSession(str(RERANKER / "model.onnx"), providers=["CPUExecutionProvider"])
+    answers = [tokenizer().token_to_id("no"), tokenizer().token_to_id("yes")]
+    rows = []
+    for doc in docs:
+        ids = np.array([prompt_ids(QUERY, doc, instruction, context)], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+        for spec in session.get_inputs():
+            if spec.name.startswith("past_key_values"):
+                feeds[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=np.float32)
+        rows.append(session.run(["logits"], feeds)[0][0, -1, answers])
+    return np.array(rows, dtype=np.float64)
+
+
+def p_yes(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp[:, 1] / exp.sum(axis=1)
+
+
+def profile_of(model: str = "tiny-qwen3-reranker", roots: tuple[Path, ...] = ROOTS, **values: str):
+    return parse_profile(settings(model, **values), "rerank", roots=roots)
+
+
+def test_scores_are_p_yes_of_the_reference(engine: Engine) -> None:
+    hits = engine.rerank(profile_of(), QUERY, DOCS)
+    expected = p_yes(reference_logits(DOCS))
+    assert float(expected.max() - expected.min()) > 0.01  # the fixture's scores differ between documents
+    assert sorted(hit.index for hit in hits) == list(range(len(DOCS)))
+    for hit in hits:
+        assert hit.text == DOCS[hit.index]
+        assert hit.score == pytest.approx(expected[hit.index], abs=1e-5)
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+    assert engine.model_info(profile_of()).details["reranker"] == "llm (yes/no)"
+
+
+def test_logit_mode_is_the_yes_minus_no_log_odds(engine: Engine) -> None:
+    hits = engine.rerank(profile_of(score_mode="logit"), QUERY, DOCS)
+    logits = reference_logits(DOCS)
+    for hit in hits:
+        assert hit.score == pytest.approx(logits[hit.index, 1] - logits[hit.index, 0], abs=1e-5)
+
+
+def test_a_left_padded_batch_equals_one_pair_at_a_time(engine: Engine) -> None:
+    """Rows of different lengths in one run: padding, mask and positions must not change any row's answer."""
+    model = engine.registry.get(profile_of())
+    task = model.scheduler.task
+    batch = task.tokenize([(QUERY, doc) for doc in DOCS])
+    assert len({len(tokens) for tokens in batch}) > 2
+    np.testing.assert_allclose(np.stack(task.run(batch)), reference_logits(DOCS), atol=1e-5, rtol=0)
+    # the decoder was loaded with the last-position edit: logits for one position, not the whole prompt
+    logits_shape = next(o.shape for o in task.scorer.session.get_outputs() if o.name == "logits")
+    assert logits_shape[1] == 1
+
+
+def test_the_instruction_setting_is_written_into_the_prompt(engine: Engine) -> None:
+    instruction = "Given a code question, retrieve snippets that answer it"
+    hits = engine.rerank(profile_of(rerank_instruction=instruction), QUERY, DOCS)
+    expected = p_yes(reference_logits(DOCS, instruction))
+    assert not np.allclose(expected, p_yes(reference_logits(DOCS)), atol=1e-4)
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.index], abs=1e-5)
+
+
+def test_only_the_document_end_is_truncated(engine: Engine) -> None:
+    profile = profile_of(context_size="192")  # the tiny tokenizer spends 79 tokens on the system prefix
+    model = engine.registry.get(profile)
+    (pair,) = model.scheduler.task.tokenize([(QUERY, DOCS[3])])
+    assert len(pair) == 192 and list(pair.ids) == prompt_ids(QUERY, DOCS[3], CARD_INSTRUCTION, 192)
+    hits = engine.rerank(profile, QUERY, DOCS)
+    expected = p_yes(reference_logits(DOCS, context=192))
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.index], abs=1e-5)
+
+
+def test_a_query_that_leaves_no_room_for_the_document_is_a_clear_error(engine: Engine) -> None:
+    profile = profile_of(context_size="192")
+    with pytest.raises(BadRequestError, match="query is too long.*192 tokens"):
+        engine.rerank(profile, "a very long query " * 30, DOCS[:2])
+    assert engine.rerank(profile, "short", DOCS[:2])  # the model keeps serving
+
+
+def test_the_transformers_js_layout_is_detected_too(engine: Engine, tmp_path: Path) -> None:
+    hub = tmp_path / "qwen3-reranker-hub-layout"
+    shutil.copytree(RERANKER, hub, ignore=shutil.ignore_patterns("model.onnx"))
+    (hub / "onnx").mkdir()
+    shutil.copyfile(RERANKER / "model.onnx", hub / "onnx" / "model.onnx")
+    hits = engine.rerank(profile_of(hub.name, roots=(tmp_path.resolve(),)), QUERY, DOCS)
+    expected = p_yes(reference_logits(DOCS))
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.index], abs=1e-5)
+
+
+def test_a_tokenizer_without_single_yes_and_no_tokens_is_refused(engine: Engine, tmp_path: Path) -> None:
+    broken = tmp_path / "no-answers"
+    shutil.copytree(RERANKER, broken)
+    shutil.copyfile(FIXTURES / "tiny-xlmr-cross-encoder" / "tokenizer.json", broken / "tokenizer.json")  # no "yes"
+    with pytest.raises(ModelLoadError, match='model_path: .*single tokens "yes" and "no"'):
+        engine.rerank(profile_of(broken.name, roots=(tmp_path.resolve(),)), QUERY, DOCS)
+
+
+def test_a_decoder_is_not_an_embedding_model(engine: Engine) -> None:
+    profile = parse_profile(settings("tiny-qwen3-reranker"), "text-embedding", roots=ROOTS)
+    with pytest.raises(ModelLoadError, match="past_key_values inputs"):
+        engine.embed(profile, ["hello"])
