@@ -8,22 +8,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from tokenizers import Tokenizer
 
 from engine.api import Engine
 from engine.errors import BadRequestError, ModelLoadError
 from engine.settings.profile import parse_profile
+from reference.encoders import QWEN3_RERANK_INSTRUCTION, p_yes, qwen3_rerank_ids, yes_no_logits
 from tests.conftest import FIXTURES, ROOTS, settings
 
 RERANKER = FIXTURES / "tiny-qwen3-reranker"
-PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
-    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 QUERY = "parse a configuration file"
 DOCS = [
     "Read and parse configuration files in the INI format.",
@@ -35,36 +28,8 @@ DOCS = [
 ]
 
 
-def tokenizer() -> Tokenizer:
-    return Tokenizer.from_file(str(RERANKER / "tokenizer.json"))
-
-
-def prompt_ids(query: str, doc: str, instruction: str, context: int) -> list[int]:
-    tok = tokenizer()
-    prefix = tok.encode(PREFIX, add_special_tokens=False).ids
-    suffix = tok.encode(SUFFIX, add_special_tokens=False).ids
-    body = tok.encode(f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}", add_special_tokens=False)
-    return prefix + body.ids[: context - len(prefix) - len(suffix)] + suffix
-
-
-def reference_logits(docs: list[str], instruction: str = CARD_INSTRUCTION, context: int = 512) -> np.ndarray:
-    """[docs, 2]: the "no" and "yes" logits after each pair's prompt."""
-    session = ort.InferenceSession(str(RERANKER / "model.onnx"), providers=["CPUExecutionProvider"])
-    answers = [tokenizer().token_to_id("no"), tokenizer().token_to_id("yes")]
-    rows = []
-    for doc in docs:
-        ids = np.array([prompt_ids(QUERY, doc, instruction, context)], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
-        for spec in session.get_inputs():
-            if spec.name.startswith("past_key_values"):
-                feeds[spec.name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=np.float32)
-        rows.append(session.run(["logits"], feeds)[0][0, -1, answers])
-    return np.array(rows, dtype=np.float64)
-
-
-def p_yes(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp[:, 1] / exp.sum(axis=1)
+def reference_logits(docs: list[str], instruction: str = QWEN3_RERANK_INSTRUCTION, context: int = 512) -> np.ndarray:
+    return yes_no_logits(RERANKER / "model.onnx", RERANKER, QUERY, docs, instruction, context)
 
 
 def profile_of(model: str = "tiny-qwen3-reranker", roots: tuple[Path, ...] = ROOTS, **values: str):
@@ -115,7 +80,9 @@ def test_only_the_document_end_is_truncated(engine: Engine) -> None:
     profile = profile_of(context_size="192")  # the tiny tokenizer spends 79 tokens on the system prefix
     model = engine.registry.get(profile)
     (pair,) = model.scheduler.task.tokenize([(QUERY, DOCS[3])])
-    assert len(pair) == 192 and list(pair.ids) == prompt_ids(QUERY, DOCS[3], CARD_INSTRUCTION, 192)
+    assert len(pair) == 192 and list(pair.ids) == qwen3_rerank_ids(
+        RERANKER, QUERY, DOCS[3], QWEN3_RERANK_INSTRUCTION, 192
+    )
     hits = engine.rerank(profile, QUERY, DOCS)
     expected = p_yes(reference_logits(DOCS, context=192))
     for hit in hits:

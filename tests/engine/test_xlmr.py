@@ -15,11 +15,11 @@ from tokenizers import Tokenizer
 from engine.api import Engine
 from engine.errors import SettingError
 from engine.settings.profile import parse_profile
+from reference.encoders import xlmr_pair_ids, xlmr_pair_logits, xlmr_vectors
 from tests.conftest import FIXTURES, ROOTS, settings
 
 EMBEDDER = FIXTURES / "tiny-xlmr-embedder"
 CROSS_ENCODER = FIXTURES / "tiny-xlmr-cross-encoder"
-BOS, PAD, EOS = 0, 1, 2  # XLM-R's <s>, <pad>, </s>
 TEXTS = [
     "Wie spät ist es in Berlin?",
     "こんにちは世界。今日はいい天気ですね。",
@@ -31,35 +31,12 @@ QUERY = "weather in Paris"
 DOCS = ["Il fait beau à Paris aujourd'hui.", "def parse(text): return int(text)", "天気 " * 200, ""]
 
 
-def pieces(directory: Path, text: str) -> list[int]:
-    return Tokenizer.from_file(str(directory / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-
-
-def run_graph(path: Path, output: str, ids: list[int]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]  # no token_type_ids
-    batch = np.array([ids], dtype=np.int64)
-    return session.run([output], {"input_ids": batch, "attention_mask": np.ones_like(batch)})[0][0]
-
-
-def reference_vectors(texts: list[str], pooling: str, context: int, directory: Path = EMBEDDER) -> np.ndarray:
-    vectors = []
-    for text in texts:
-        ids = [BOS, *pieces(directory, text)[: context - 2], EOS]
-        states = run_graph(directory / "model.onnx", "last_hidden_state", ids)
-        vector = states[0] if pooling == "cls" else states.mean(axis=0)
-        vectors.append(vector / np.linalg.norm(vector))
-    return np.stack(vectors)
+def reference_vectors(texts: list[str], pooling: str, context: int) -> np.ndarray:
+    return xlmr_vectors(EMBEDDER / "model.onnx", texts, pooling, context)
 
 
 def reference_logits(query: str, docs: list[str], context: int = 512) -> np.ndarray:
-    query_ids = pieces(CROSS_ENCODER, query)
-    logits = []
-    for doc in docs:
-        doc_ids = pieces(CROSS_ENCODER, doc)[: context - len(query_ids) - 4]
-        ids = [BOS, *query_ids, EOS, EOS, *doc_ids, EOS]  # <s> A </s></s> B </s>
-        logits.append(run_graph(CROSS_ENCODER / "onnx" / "model.onnx", "logits", ids))
-    return np.array(logits, dtype=np.float64)
+    return xlmr_pair_logits(CROSS_ENCODER / "onnx" / "model.onnx", CROSS_ENCODER, query, docs, context)
 
 
 def embed_profile(model: str = "tiny-xlmr-embedder", roots: tuple[Path, ...] = ROOTS, **values: str):
@@ -75,6 +52,12 @@ def test_embeddings_match_the_reference(engine: Engine, pooling: str, expected_p
     np.testing.assert_allclose(
         np.array(outcome.vectors), reference_vectors(TEXTS, expected_pooling, 48), atol=1e-5, rtol=0
     )
+
+
+def test_the_graph_takes_no_token_type_ids() -> None:
+    for path in (EMBEDDER / "model.onnx", CROSS_ENCODER / "onnx" / "model.onnx"):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
 
 
 def test_the_transformers_js_layout_gives_the_same_vectors(engine: Engine, tmp_path: Path) -> None:
@@ -104,8 +87,10 @@ def rerank_profile(**values: str):
 def test_pairs_use_the_xlmr_template(engine: Engine) -> None:
     model = engine.registry.get(rerank_profile())
     (pair,) = model.scheduler.task.tokenize([(QUERY, DOCS[0])], "pair")
-    query_ids, doc_ids = pieces(CROSS_ENCODER, QUERY), pieces(CROSS_ENCODER, DOCS[0])
-    assert list(pair.ids) == [BOS, *query_ids, EOS, EOS, *doc_ids, EOS]
+    tokenizer = Tokenizer.from_file(str(CROSS_ENCODER / "tokenizer.json"))
+    query_ids, doc_ids = (tokenizer.encode(text, add_special_tokens=False).ids for text in (QUERY, DOCS[0]))
+    assert list(pair.ids) == [0, *query_ids, 2, 2, *doc_ids, 2]  # <s> A </s></s> B </s>
+    assert list(pair.ids) == xlmr_pair_ids(CROSS_ENCODER, QUERY, DOCS[0], 512)
 
 
 @pytest.mark.parametrize("score_mode", ["probability", "logit"])

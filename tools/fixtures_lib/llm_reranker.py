@@ -20,6 +20,8 @@ from optimum.exporters.onnx.model_configs import Qwen2OnnxConfig
 from tokenizers import AddedToken, Tokenizer
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from reference.encoders import QWEN3_RERANK_INSTRUCTION, QWEN3_RERANK_PREFIX, QWEN3_RERANK_SUFFIX
+
 from .common import copy_files
 from .corpus import synthetic_sentences
 from .tokenizers_build import ENDOFTEXT, IM_END, train_byte_bpe
@@ -29,13 +31,6 @@ MAX_POSITIONS = 512
 THINK_TOKENS = ["<think>", "</think>"]
 HF_FILES = ["config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
 
-# The Qwen3-Reranker model card's prompt, written out here independently of the engine.
-PREFIX = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
-    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
-)
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 CHECK_PAIRS = [
     ("how do i bake bread?", "Mix flour, water and yeast, then bake."),
     ("weather in Paris", "The quick brown fox jumps over the lazy dog; 42 times!"),
@@ -93,8 +88,8 @@ def export_decoder(hf_dir: Path, config: Qwen3Config, dst: Path) -> None:
 
 
 def prompt_ids(hf_tok: PreTrainedTokenizerFast, query: str, document: str) -> list[int]:
-    body = f"<Instruct>: {INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
-    return hf_tok(PREFIX + body + SUFFIX, add_special_tokens=False)["input_ids"]
+    body = f"<Instruct>: {QWEN3_RERANK_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+    return hf_tok(QWEN3_RERANK_PREFIX + body + QWEN3_RERANK_SUFFIX, add_special_tokens=False)["input_ids"]
 
 
 def ort_last_logits(sess: ort.InferenceSession, rows: list[list[int]], pad_id: int) -> np.ndarray:

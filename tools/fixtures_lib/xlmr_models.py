@@ -160,9 +160,7 @@ def build_embedder(tok: Tokenizer, work: Path, out: Path) -> None:
 def build_cross_encoder(tok: Tokenizer, work: Path, out: Path) -> None:
     """bge-reranker style: one relevance logit, graph under onnx/ (transformers.js layout)."""
     torch.manual_seed(1)
-    config = xlmr_config(
-        tok.get_vocab_size(), num_labels=1, architectures=["XLMRobertaForSequenceClassification"]
-    )
+    config = xlmr_config(tok.get_vocab_size(), num_labels=1, architectures=["XLMRobertaForSequenceClassification"])
     model = XLMRobertaForSequenceClassification(config).eval()
     hf_dir = work / "xlmr-cross-encoder"
     hf_tok = save_checkpoint(model, tok, hf_dir)
