@@ -33,7 +33,7 @@ SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 # The model card's instruction when the caller gives none.
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 ANSWERS = ("no", "yes")  # logit columns in this order: softmax column 1 is P(yes)
-_ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(bfloat16)": np.float32}
+_ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def is_llm_reranker(directory: Path, graph_kind: str) -> bool:
@@ -62,8 +62,13 @@ class DecoderScorer:
                 "model_path",
                 f"the decoder graph's inputs are not those of an Optimum causal LM (inputs: {', '.join(inputs)})",
             )
-        if any(len(i.shape) != 4 or not isinstance(i.shape[1], int) for i in self.past.values()):
-            raise ModelLoadError("model_path", "the decoder's past_key_values inputs are not [batch, heads, past, dim]")
+        if any(
+            len(i.shape) != 4 or not isinstance(i.shape[1], int) or i.type not in _ONNX_FLOATS
+            for i in self.past.values()
+        ):
+            raise ModelLoadError(
+                "model_path", "the decoder's past_key_values inputs are not float [batch, heads, past, dim]"
+            )
         self.needs_mask = "attention_mask" in inputs
         self.needs_positions = "position_ids" in inputs
         if "logits" not in [o.name for o in session.get_outputs()]:

@@ -69,7 +69,12 @@ def build_encoder(
         task = LlmRerankTask(scorer, tokenizer, context, profile.rerank)
         if task.budget < 1:
             raise ModelLoadError("model_path", f"context size {context} leaves no room for the reranker's prompt")
-        task.run(task.tokenize([("hello", "world")]))
+        try:
+            task.run(task.tokenize([("hello", "world")]))
+        except Exception:
+            raise ModelLoadError(
+                "model_path", "the decoder could not score a (query, document) pair with an empty cache"
+            ) from None
         details.update(score_mode=profile.rerank.score_mode, reranker="llm (yes/no)")
     else:
         assert profile.rerank is not None
