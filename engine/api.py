@@ -19,7 +19,6 @@ from engine.encoders.batching import BULK, INTERACTIVE, MicroBatcher
 from engine.encoders.loader import build_encoder
 from engine.errors import BadRequestError, EngineClosedError, RateLimitedError, SettingError
 from engine.generation.events import GenerationEvent, GenerationParams
-from engine.generation.last_logits import last_position_graph
 from engine.generation.loader import ModelTraits, build_generator, read_traits
 from engine.generation.scheduler import GenerationRequest, GenerationScheduler
 from engine.metrics import RequestCounts, format_snapshot
@@ -45,12 +44,7 @@ MAX_CHUNKS_CAP = 64
 # Embedding dimension assumed for max_chunks when config.json does not give hidden_size.
 FALLBACK_DIMENSION = 1024
 
-# Rerank models may be LLM-style (a decoder scoring yes/no): they load with generation's last-position edit.
-BUILDERS: dict[str, Builder] = {
-    "text-embedding": build_encoder,
-    "rerank": functools.partial(build_encoder, decoder_edit=last_position_graph),
-    "llm": build_generator,
-}
+BUILDERS: dict[str, Builder] = {"text-embedding": build_encoder, "rerank": build_encoder, "llm": build_generator}
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ score is P("yes") from its next-token logits over the two answers "no" and "yes"
 
 Each pair becomes the model card's prompt (a fixed system message, `<Instruct>: …\\n<Query>: …\\n<Document>: …`,
 an assistant turn with an empty think block); only the document's end is truncated to fit the context. Batches
-are left-padded (attention mask, position ids counting real tokens) so every row's answer position is the last
-one; the cache inputs of an Optimum decoder are fed empty. The task plugs into the same micro-batcher as the
+are right-padded (causal attention keeps real tokens blind to the padding after them) and each row's answer is
+read at its own last token, gathered inside the graph (`answer_graph.py`) or, unedited, from the full logits;
+the cache inputs of an Optimum decoder are fed empty. The task plugs into the same micro-batcher as the
 cross-encoders, so batching, lanes and queue limits are theirs.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from engine.encoders.answer_graph import ANSWER_POSITIONS, LOGITS
 from engine.encoders.rerank import scores_from_logits
 from engine.encoders.runner import SHRINK_AREA, SHRINK_OPTIONS, Tokens
 from engine.errors import BadRequestError, ModelLoadError
@@ -48,7 +50,8 @@ def pair_text(instruction: str, query: str, document: str) -> str:
 
 
 class DecoderScorer:
-    """Runs a causal decoder on a left-padded batch and returns the last position's "no" and "yes" logits."""
+    """Runs a causal decoder on a right-padded batch and returns each row's "no" and "yes" logits after its last
+    token."""
 
     def __init__(self, session: ort.InferenceSession, pad_id: int, answer_ids: tuple[int, int]) -> None:
         self.session = session
@@ -56,7 +59,8 @@ class DecoderScorer:
         self.answer_ids = list(answer_ids)
         inputs = {i.name: i for i in session.get_inputs()}
         self.past = {name: i for name, i in inputs.items() if name.startswith("past_key")}
-        unknown = set(inputs) - {"input_ids", "attention_mask", "position_ids"} - set(self.past)
+        self.gathers = ANSWER_POSITIONS in inputs  # the answer-position edit applied
+        unknown = set(inputs) - {"input_ids", "attention_mask", "position_ids", ANSWER_POSITIONS} - set(self.past)
         if "input_ids" not in inputs or unknown:
             raise ModelLoadError(
                 "model_path",
@@ -71,28 +75,31 @@ class DecoderScorer:
             )
         self.needs_mask = "attention_mask" in inputs
         self.needs_positions = "position_ids" in inputs
-        if "logits" not in [o.name for o in session.get_outputs()]:
+        if LOGITS not in [o.name for o in session.get_outputs()]:
             raise ModelLoadError("model_path", "the decoder graph has no logits output")
 
     def run(self, batch: Sequence[Tokens]) -> np.ndarray:
-        """[batch, 2]: the "no" and "yes" logits at each row's last (answer) position."""
+        """[batch, 2]: the "no" and "yes" logits after each row's last token."""
         longest = max(len(tokens) for tokens in batch)
         ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), longest), dtype=np.int64)
         for row, tokens in enumerate(batch):
-            ids[row, longest - len(tokens) :] = tokens.ids
-            mask[row, longest - len(tokens) :] = 1
+            ids[row, : len(tokens)] = tokens.ids
+            mask[row, : len(tokens)] = 1
+        last = np.array([len(tokens) - 1 for tokens in batch], dtype=np.int64)
         feeds: dict[str, np.ndarray] = {"input_ids": ids}
         if self.needs_mask:
             feeds["attention_mask"] = mask
         if self.needs_positions:
-            feeds["position_ids"] = np.maximum(mask.cumsum(axis=1) - 1, 0)
+            feeds["position_ids"] = np.broadcast_to(np.arange(longest, dtype=np.int64), ids.shape).copy()
+        if self.gathers:
+            feeds[ANSWER_POSITIONS] = last[:, None]
         for name, spec in self.past.items():  # no cache: every pair is one fresh prompt
-            dtype = _ONNX_FLOATS.get(spec.type, np.float32)
-            feeds[name] = np.zeros((len(batch), spec.shape[1], 0, spec.shape[3]), dtype=dtype)
+            feeds[name] = np.zeros((len(batch), spec.shape[1], 0, spec.shape[3]), dtype=_ONNX_FLOATS[spec.type])
         options = SHRINK_OPTIONS if len(batch) * longest * longest >= SHRINK_AREA else None
-        (logits,) = self.session.run(["logits"], feeds, options)
-        return logits[:, -1, self.answer_ids].astype(np.float64)
+        (logits,) = self.session.run([LOGITS], feeds, options)
+        rows = np.zeros(len(batch), dtype=np.int64) if self.gathers else last
+        return logits[np.arange(len(batch)), rows][:, self.answer_ids].astype(np.float64)
 
 
 class LlmRerankTask:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.encoders.answer_graph import answer_position_graph
 from engine.encoders.batching import MicroBatcher
 from engine.encoders.embedding import EmbeddingTask, resolve_pooling
 from engine.encoders.embedding_cache import EmbeddingCache
@@ -16,7 +17,7 @@ from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
 from engine.placement import Placement, activity_of, join_placement
-from engine.session_builder import GraphEdit, session_for
+from engine.session_builder import session_for
 from engine.settings.profile import RuntimeProfile
 from engine.text.tokenizer import load_tokenizer
 
@@ -38,15 +39,12 @@ def build_encoder(
     placement: Placement,
     wake: Callable[[], None],
     name: str | None = None,
-    decoder_edit: GraphEdit | None = None,
 ) -> tuple[MicroBatcher, ModelInfo]:
-    """`decoder_edit`: the graph edit an LLM-style reranker's decoder loads with (the caller's last-position
-    logits edit: the answer needs one position's logits, not [sequence × vocabulary] per pair)."""
     directory = profile.model_dir
     tokenizer = load_tokenizer(directory)
     context = resolve_context_size(profile.context_size, directory, profile.model_type)
     llm_rerank = profile.model_type == "rerank" and is_llm_reranker(directory, files.kind)
-    session, loaded_path = session_for(profile, files, placement, decoder_edit if llm_rerank else None)
+    session, loaded_path = session_for(profile, files, placement, answer_position_graph if llm_rerank else None)
     padding = tokenizer.padding
     pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
     details: dict[str, object] = {}

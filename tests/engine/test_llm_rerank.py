@@ -8,11 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from tokenizers import Tokenizer
 
 from engine.api import Engine
+from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids
 from engine.errors import BadRequestError, ModelLoadError
-from engine.settings.profile import parse_profile
+from engine.settings.profile import RerankSettings, parse_profile
 from reference.encoders import QWEN3_RERANK_INSTRUCTION, p_yes, qwen3_rerank_ids, yes_no_logits
 from tests.conftest import FIXTURES, ROOTS, settings
 
@@ -55,16 +58,27 @@ def test_logit_mode_is_the_yes_minus_no_log_odds(engine: Engine) -> None:
         assert hit.score == pytest.approx(logits[hit.index, 1] - logits[hit.index, 0], abs=1e-5)
 
 
-def test_a_left_padded_batch_equals_one_pair_at_a_time(engine: Engine) -> None:
-    """Rows of different lengths in one run: padding, mask and positions must not change any row's answer."""
+def test_a_padded_batch_equals_one_pair_at_a_time(engine: Engine) -> None:
+    """Rows of different lengths in one run: padding must not change any row's answer."""
     model = engine.registry.get(profile_of())
     task = model.scheduler.task
     batch = task.tokenize([(QUERY, doc) for doc in DOCS])
     assert len({len(tokens) for tokens in batch}) > 2
     np.testing.assert_allclose(np.stack(task.run(batch)), reference_logits(DOCS), atol=1e-5, rtol=0)
-    # the decoder was loaded with the last-position edit: logits for one position, not the whole prompt
-    logits_shape = next(o.shape for o in task.scorer.session.get_outputs() if o.name == "logits")
-    assert logits_shape[1] == 1
+    # loaded with the answer-position edit: logits at one position per row, not for the whole prompt
+    session = task.scorer.session
+    assert "onnx_local_answer_positions" in [i.name for i in session.get_inputs()]
+    assert next(o.shape for o in session.get_outputs() if o.name == "logits")[1] == 1
+
+
+def test_without_the_edit_the_answers_are_gathered_from_every_positions_logits() -> None:
+    """A graph whose head the edit does not recognise still scores right (full logits, gathered per row)."""
+    session = ort.InferenceSession(str(RERANKER / "model.onnx"), providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_file(str(RERANKER / "tokenizer.json"))
+    task = LlmRerankTask(DecoderScorer(session, 0, answer_ids(tok)), tok, 512, RerankSettings("logit"))
+    assert not task.scorer.gathers
+    rows = task.run(task.tokenize([(QUERY, doc) for doc in DOCS]))
+    np.testing.assert_allclose(np.stack(rows), reference_logits(DOCS), atol=1e-5, rtol=0)
 
 
 def test_the_instruction_setting_is_written_into_the_prompt(engine: Engine) -> None:

@@ -3,7 +3,7 @@
 Byte-level BPE tokenizer with single tokens for "yes" and "no" (and Qwen3's `<think>` / `</think>`), exported by
 Optimum as a merged decoder with past_key_values inputs (Optimum has no Qwen3 entry: Qwen2's export config
 describes the same inputs and outputs). The build checks ONNX against torch, one pair at a time and as a
-left-padded batch.
+right-padded batch (what the engine runs).
 """
 
 from __future__ import annotations
@@ -93,18 +93,20 @@ def prompt_ids(hf_tok: PreTrainedTokenizerFast, query: str, document: str) -> li
 
 
 def ort_last_logits(sess: ort.InferenceSession, rows: list[list[int]], pad_id: int) -> np.ndarray:
-    """Left-padded batch, empty past: the last position's logits of every row."""
+    """Right-padded batch, empty past: each row's logits after its last token."""
     longest = max(len(row) for row in rows)
     ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     for r, row in enumerate(rows):
-        ids[r, longest - len(row) :] = row
-        mask[r, longest - len(row) :] = 1
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": np.maximum(mask.cumsum(1) - 1, 0)}
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    positions = np.broadcast_to(np.arange(longest), ids.shape).copy()
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
     for inp in sess.get_inputs():
         if inp.name.startswith("past_key_values"):
             feeds[inp.name] = np.zeros((len(rows), inp.shape[1], 0, inp.shape[3]), dtype=np.float32)
-    return sess.run(["logits"], feeds)[0][:, -1, :]
+    logits = sess.run(["logits"], feeds)[0]
+    return logits[np.arange(len(rows)), [len(row) - 1 for row in rows]]
 
 
 def check_onnx(model: Qwen3ForCausalLM, hf_tok: PreTrainedTokenizerFast, onnx_path: Path) -> None:
@@ -115,7 +117,7 @@ def check_onnx(model: Qwen3ForCausalLM, hf_tok: PreTrainedTokenizerFast, onnx_pa
     batched = ort_last_logits(sess, rows, hf_tok.pad_token_id)
     with torch.no_grad():
         want = np.stack([model(torch.tensor([row])).logits[0, -1].numpy() for row in rows])
-    for name, got in (("single", single), ("left-padded batch", batched)):
+    for name, got in (("single", single), ("right-padded batch", batched)):
         diff = float(np.abs(got[:, [no, yes]] - want[:, [no, yes]]).max())
         if diff > 1e-4:
             raise SystemExit(f"{onnx_path}: {name} ONNX vs torch max diff {diff}")
