@@ -12,7 +12,7 @@ from engine.encoders.embedding_cache import EmbeddingCache
 from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids, is_llm_reranker
 from engine.encoders.rerank import RerankTask
 from engine.encoders.runner import EncoderRunner
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, SettingError
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
@@ -44,21 +44,22 @@ def build_encoder(
     tokenizer = load_tokenizer(directory)
     context = resolve_context_size(profile.context_size, directory, profile.model_type)
     llm_rerank = profile.model_type == "rerank" and is_llm_reranker(directory, files.kind)
-    session, loaded_path = session_for(profile, files, placement, answer_position_graph if llm_rerank else None)
-    padding = tokenizer.padding
-    pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
-    details: dict[str, object] = {}
     if files.kind == "decoder" and not llm_rerank:
         raise ModelLoadError(
             "model_path",
             "the graph has past_key_values inputs (a decoder with a KV cache): add it as an LLM or an LLM-style "
             "rerank model; an embedding model needs a graph exported without a cache (task feature-extraction)",
         )
+    session, loaded_path = session_for(profile, files, placement, answer_position_graph if llm_rerank else None)
+    padding = tokenizer.padding
+    pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
+    details: dict[str, object] = {}
     if profile.model_type == "text-embedding":
         assert profile.embedding is not None
         runner = EncoderRunner(session, pad_id, EMBEDDING_OUTPUTS)
         pooling = resolve_pooling(profile.embedding, directory)
-        task: EmbeddingTask | RerankTask = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
+        task: EmbeddingTask | RerankTask | LlmRerankTask
+        task = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
         probe = task.run(task.tokenize(["hello world"], "document"))
         details.update(dimension=int(probe[0].shape[0]), pooling=pooling, normalize=profile.embedding.normalize)
     elif llm_rerank:
@@ -66,7 +67,8 @@ def build_encoder(
         scorer = DecoderScorer(session, pad_id, answer_ids(tokenizer))
         task = LlmRerankTask(scorer, tokenizer, context, profile.rerank)
         if task.budget < 1:
-            raise ModelLoadError("model_path", f"context size {context} leaves no room for the reranker's prompt")
+            least = context - task.budget + 1
+            raise SettingError("context_size", context, f"at least {least}: the reranker's prompt takes {least - 1}")
         try:
             task.run(task.tokenize([("hello", "world")]))
         except Exception:

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from engine.api import Engine
 from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids
-from engine.errors import BadRequestError, ModelLoadError
+from engine.errors import BadRequestError, ModelLoadError, SettingError
 from engine.settings.profile import RerankSettings, parse_profile
 from reference.encoders import QWEN3_RERANK_INSTRUCTION, p_yes, qwen3_rerank_ids, yes_no_logits
 from tests.conftest import FIXTURES, ROOTS, settings
@@ -108,6 +108,11 @@ def test_a_query_that_leaves_no_room_for_the_document_is_a_clear_error(engine: E
     with pytest.raises(BadRequestError, match="query is too long.*192 tokens"):
         engine.rerank(profile, "a very long query " * 30, DOCS[:2])
     assert engine.rerank(profile, "short", DOCS[:2])  # the model keeps serving
+
+
+def test_a_context_too_small_for_the_prompt_names_context_size(engine: Engine) -> None:
+    with pytest.raises(SettingError, match="^context_size: 64 is not valid; allowed: at least"):
+        engine.rerank(profile_of(context_size="64"), QUERY, DOCS)
 
 
 def test_the_transformers_js_layout_is_detected_too(engine: Engine, tmp_path: Path) -> None:
