@@ -12,7 +12,9 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
+from engine import graph_edit
 from engine.api import Engine
+from engine.encoders.answer_graph import answer_position_graph
 from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids
 from engine.errors import BadRequestError, ModelLoadError, SettingError
 from engine.settings.profile import RerankSettings, parse_profile
@@ -79,6 +81,25 @@ def test_without_the_edit_the_answers_are_gathered_from_every_positions_logits()
     assert not task.scorer.gathers
     rows = task.run(task.tokenize([(QUERY, doc) for doc in DOCS]))
     np.testing.assert_allclose(np.stack(rows), reference_logits(DOCS), atol=1e-5, rtol=0)
+
+
+def test_a_graph_embedding_its_weights_is_edited_once_into_the_cache(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above CACHE_EMBEDDED_BYTES the edited graph is saved in the cache with external data and loaded by path;
+    the next load finds it there."""
+    monkeypatch.setattr(graph_edit, "CACHE_EMBEDDED_BYTES", 1)
+    monkeypatch.setenv("ONNX_LOCAL_CACHE_DIR", str(tmp_path / "cache"))
+    edited = answer_position_graph(RERANKER / "model.onnx")
+    assert edited is not None and edited.path is not None and edited.model_bytes is None
+    assert (
+        edited.path.is_relative_to(tmp_path / "cache") and (edited.path.parent / f"{edited.path.name}.data").is_file()
+    )
+    assert answer_position_graph(RERANKER / "model.onnx") == edited  # found, not rebuilt
+    hits = engine.rerank(profile_of(), QUERY, DOCS)
+    expected = p_yes(reference_logits(DOCS))
+    for hit in hits:
+        assert hit.score == pytest.approx(expected[hit.index], abs=1e-5)
 
 
 def test_the_instruction_setting_is_written_into_the_prompt(engine: Engine) -> None:
