@@ -109,7 +109,8 @@ def form_values(args: argparse.Namespace, model_type: str) -> dict[str, str]:
 
 
 def detect_type(directory: Path, model_file: str = "auto") -> str:
-    """llm for a graph with a KV cache; rerank for a sequence-classification config; text-embedding otherwise."""
+    """llm for a graph with a KV cache (an LLM-style reranker looks the same: `--type rerank`, or the rerank
+    command); rerank for a sequence-classification config; text-embedding otherwise."""
     files = find_model_files(directory, model_file)
     if files.kind == "decoder":
         return "llm"
@@ -139,6 +140,8 @@ def build_profile(args: argparse.Namespace, wanted: Sequence[str] = MODEL_TYPES)
             if item.partition("=")[0].strip().replace("-", "_") == "model_file":
                 model_file = item.partition("=")[2].strip() or "auto"
         model_type = detect_type(directory, model_file)
+        if model_type == "llm" and tuple(wanted) == ("rerank",):
+            model_type = "rerank"  # a decoder asked to rerank: an LLM-style reranker (Qwen3-Reranker)
     if model_type not in wanted:
         raise UsageError(f"{directory.name} is a {model_type} model; this command needs {' or '.join(wanted)}")
     values = form_values(args, model_type)

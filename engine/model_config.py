@@ -19,6 +19,9 @@ DEFAULT_CONTEXT = {"text-embedding": 512, "rerank": 512, "llm": 2048}
 # The smallest explicit context per type: a chat model needs room for one prompt token and one answer token.
 MIN_CONTEXT = {"text-embedding": 1, "rerank": 1, "llm": 2}
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+# RoBERTa-family position ids start after the padding index (padding_idx + 1 = 2), so max_position_embeddings
+# (514 for XLM-R, 8194 for bge-m3) is two more than the longest input the graph can take.
+_POSITIONS_AFTER_PADDING = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert"})
 
 
 def read_json(path: Path, field: str = "model_path", directory: Path | None = None) -> dict[str, Any]:
@@ -50,7 +53,10 @@ def position_limit(directory: Path) -> int | None:
     config = read_optional_json(directory / "config.json")
     for key in _POSITION_KEYS:
         if (value := _positive_int(config.get(key))) is not None:
-            return value
+            if config.get("model_type") in _POSITIONS_AFTER_PADDING:
+                pad = config.get("pad_token_id")
+                value -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+            return value if value > 0 else None
     genai = read_optional_json(directory / "genai_config.json").get("model", {})
     return _positive_int(genai.get("context_length")) if isinstance(genai, dict) else None
 

@@ -24,6 +24,9 @@ MODEL_DIRS = (
     "tiny-cross-encoder-2label",
     "tiny-qwen2-decoder",
     "tiny-qwen2-decoder-genai",
+    "tiny-xlmr-embedder",
+    "tiny-xlmr-cross-encoder",
+    "tiny-qwen3-reranker",
 )
 
 
@@ -64,6 +67,14 @@ def build_all(out: Path) -> None:
         )
         hf_dir, expected = qwen_decoder.build_decoder(bpe, work, out / "tiny-qwen2-decoder")
         genai_decoder.build_genai(hf_dir, work, out / "tiny-qwen2-decoder-genai", expected)
+
+        # multilingual encoders and the LLM-style reranker (issue 15)
+        from fixtures_lib import llm_reranker, xlmr_models
+
+        unigram = xlmr_models.build_unigram(corpus.training_corpus(sentences=5000, stdlib_files=60))
+        xlmr_models.build_embedder(unigram, work, out / "tiny-xlmr-embedder")
+        xlmr_models.build_cross_encoder(unigram, work, out / "tiny-xlmr-cross-encoder")
+        llm_reranker.build_llm_reranker(work, out / "tiny-qwen3-reranker")
     write_sums(out)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.encoders.answer_graph import answer_position_graph
 from engine.encoders.batching import MicroBatcher
 from engine.encoders.embedding import EmbeddingTask, resolve_pooling
 from engine.encoders.embedding_cache import EmbeddingCache
+from engine.encoders.llm_rerank import DecoderScorer, LlmRerankTask, answer_ids, is_llm_reranker
 from engine.encoders.rerank import RerankTask
 from engine.encoders.runner import EncoderRunner
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, SettingError
 from engine.model_config import read_optional_json, resolve_context_size
 from engine.model_files import ModelFiles
 from engine.model_info import ModelInfo
@@ -41,7 +43,14 @@ def build_encoder(
     directory = profile.model_dir
     tokenizer = load_tokenizer(directory)
     context = resolve_context_size(profile.context_size, directory, profile.model_type)
-    session, loaded_path = session_for(profile, files, placement)
+    llm_rerank = profile.model_type == "rerank" and is_llm_reranker(directory, files.kind)
+    if files.kind == "decoder" and not llm_rerank:
+        raise ModelLoadError(
+            "model_path",
+            "the graph has past_key_values inputs (a decoder with a KV cache): add it as an LLM or an LLM-style "
+            "rerank model; an embedding model needs a graph exported without a cache (task feature-extraction)",
+        )
+    session, loaded_path = session_for(profile, files, placement, answer_position_graph if llm_rerank else None)
     padding = tokenizer.padding
     pad_id = _pad_id(directory, padding["pad_id"] if padding else tokenizer.token_to_id("[PAD]"))
     details: dict[str, object] = {}
@@ -49,9 +58,24 @@ def build_encoder(
         assert profile.embedding is not None
         runner = EncoderRunner(session, pad_id, EMBEDDING_OUTPUTS)
         pooling = resolve_pooling(profile.embedding, directory)
-        task: EmbeddingTask | RerankTask = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
+        task: EmbeddingTask | RerankTask | LlmRerankTask
+        task = EmbeddingTask(runner, tokenizer, context, profile.embedding, pooling)
         probe = task.run(task.tokenize(["hello world"], "document"))
         details.update(dimension=int(probe[0].shape[0]), pooling=pooling, normalize=profile.embedding.normalize)
+    elif llm_rerank:
+        assert profile.rerank is not None
+        scorer = DecoderScorer(session, pad_id, answer_ids(tokenizer))
+        task = LlmRerankTask(scorer, tokenizer, context, profile.rerank)
+        if task.budget < 1:
+            least = context - task.budget + 1
+            raise SettingError("context_size", context, f"at least {least}: the reranker's prompt takes {least - 1}")
+        try:
+            task.run(task.tokenize([("hello", "world")]))
+        except Exception:
+            raise ModelLoadError(
+                "model_path", "the decoder could not score a (query, document) pair with an empty cache"
+            ) from None
+        details.update(score_mode=profile.rerank.score_mode, reranker="llm (yes/no)")
     else:
         assert profile.rerank is not None
         runner = EncoderRunner(session, pad_id, RERANK_OUTPUTS)

@@ -16,8 +16,8 @@ from engine.errors import ModelLoadError
 # 8,192 × 512 = 4 M) give their arena memory back when they end. Shrinking ordinary batches too cost 9 % of
 # MiniLM's indexing throughput (re-faulting the pages every batch), so they keep the arena warm.
 SHRINK_AREA = 1 << 24
-_SHRINK = ort.RunOptions()
-_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+SHRINK_OPTIONS = ort.RunOptions()
+SHRINK_OPTIONS.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,6 @@ class EncoderRunner:
             feeds["attention_mask"] = mask
         if self.needs_type_ids:
             feeds["token_type_ids"] = type_ids
-        run_options = _SHRINK if len(batch) * longest * longest >= SHRINK_AREA else None
+        run_options = SHRINK_OPTIONS if len(batch) * longest * longest >= SHRINK_AREA else None
         (output,) = self.session.run([self.output_name], feeds, run_options)
         return output, mask

@@ -51,6 +51,7 @@ class EmbeddingSettings:
 @dataclass(frozen=True)
 class RerankSettings:
     score_mode: str  # probability | logit
+    instruction: str = ""  # LLM-style rerankers' <Instruct> line ("": the model card's default)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def instance_settings(profile: RuntimeProfile) -> RuntimeProfile:
         embedding=replace(profile.embedding, normalize=True, query_prefix="", document_prefix="", cache_mb=0)
         if profile.embedding
         else None,
-        rerank=RerankSettings("probability") if profile.rerank else None,
+        rerank=RerankSettings("probability", "") if profile.rerank else None,
         generation=replace(
             profile.generation, max_generation_seconds=0.0, prompt_overflow="error", speculative_decoding=True
         )
@@ -186,7 +187,7 @@ def parse_profile(
             cache_mb=form["embedding_cache_mb"],
         )
     elif model_type == "rerank":
-        rerank = RerankSettings(score_mode=form["score_mode"])
+        rerank = RerankSettings(score_mode=form["score_mode"], instruction=form["rerank_instruction"].strip())
     else:
         generation = GenerationSettings(
             mode=form["mode"],

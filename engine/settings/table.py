@@ -128,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     _int("embedding_cache_mb", "64", 0, 4096, scope=CALL, model_types=("text-embedding",)),
     # rerank
     Setting("score_mode", CHOICE, "probability", scope=CALL, model_types=("rerank",), options=("probability", "logit")),
+    # LLM-style rerankers (Qwen3-Reranker): the task line of the prompt; empty = the model card's default
+    Setting("rerank_instruction", TEXT, "", scope=CALL, model_types=("rerank",)),
     # batching (embedding and rerank). Defaults measured with `make bench-embed` on a 2-core machine (README):
     # small, length-homogeneous batches beat large ones on CPU.
     _int("max_batch_size", "16", 1, 1024, scope=CALL, model_types=ENCODER_TYPES),

@@ -129,6 +129,14 @@ def test_rerank_orders_documents() -> None:
     assert len(scores) == 2 and scores == sorted(scores, reverse=True)
 
 
+def test_rerank_command_scores_with_an_llm_reranker() -> None:
+    """A decoder directory given to `rerank` is an LLM-style reranker (files alone cannot tell it from a chat model)."""
+    reranker = FIXTURES / "tiny-qwen3-reranker"
+    done = ok("rerank", str(reranker), "weather in Paris", "Il fait beau", "def f(): pass", "--json", *ONE_THREAD)
+    result = json.loads(done.stdout)
+    assert len(result["hits"]) == 2 and all(0.0 < hit["score"] < 1.0 for hit in result["hits"])
+
+
 def test_bench_llm_and_encoder() -> None:
     llm = json.loads(ok("bench", str(GENAI), "--runs", "1", "--max-tokens", "16", "--json", *ONE_THREAD).stdout)
     assert llm["kind"] == "llm" and llm["runs"][0]["completion_tokens"] == 16

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.settings.profile", "engine.model_config"),
     ("engine.model_files", "engine.governor", "engine.placement", "engine.quantize_cache"),
     ("engine.quantize", "engine.model_info", "engine.worker", "engine.memory", "engine.hub"),
-    ("engine.session_builder", "engine.text"),
+    ("engine.session_builder", "engine.graph_edit", "engine.text"),
     ("engine.encoders", "engine.generation", "engine.registry"),
     ("engine.api",),
     ("engine.prometheus",),  # reads the engine's figures for the metrics endpoint

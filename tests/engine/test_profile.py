@@ -99,6 +99,13 @@ def test_rerank_score_mode(root: Path) -> None:
         parse(root, "rerank", score_mode="odds")
 
 
+def test_rerank_instruction_is_per_call_and_empty_by_default(root: Path) -> None:
+    assert parse(root, "rerank").rerank.instruction == ""  # type: ignore[union-attr]
+    custom = parse(root, "rerank", rerank_instruction="  Find code that answers the question ")
+    assert custom.rerank.instruction == "Find code that answers the question"  # type: ignore[union-attr]
+    assert instance_settings(custom) == instance_settings(parse(root, "rerank"))  # no second loaded instance
+
+
 def test_core_list_syntax() -> None:
     assert parse_core_list("cpu_affinity", "0-3,8") == (0, 1, 2, 3, 8)
     assert parse_core_list("cpu_affinity", " 2 , 0 ") == (0, 2)

@@ -54,6 +54,7 @@ EXPECTED_FIELDS: list[tuple[str, str, str | None, list[str], list[dict[str, str]
     ("document_prefix", "text-input", "", [], EMBEDDING),
     ("embedding_cache_mb", "text-input", "64", [], EMBEDDING),
     ("score_mode", "select", "probability", ["probability", "logit"], RERANK),
+    ("rerank_instruction", "text-input", "", [], RERANK),
     ("max_batch_size", "text-input", "16", [], []),
     ("max_batch_tokens", "text-input", "8192", [], []),
     ("batch_window_ms", "text-input", "2", [], []),
