@@ -50,7 +50,8 @@ class OutputFormat:
 
     def __post_init__(self) -> None:
         if self.kind not in ("json_object", "json_schema"):
-            raise BadRequestError(f"response_format {self.kind!r} is not valid; allowed: text, json_object, json_schema")
+            allowed = "text, json_object, json_schema"
+            raise BadRequestError(f"response_format {self.kind!r} is not valid; allowed: {allowed}")
 
     @property
     def schema_object(self) -> dict:

@@ -11,8 +11,8 @@ from engine.generation.constraint import OutputShaping
 from engine.generation.kv_layout import KvLayout, read_kv_layout
 from engine.generation.last_logits import LOGITS, last_position_graph
 from engine.generation.prompt import PromptBuilder
-from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.reasoning import template_has_switch, template_thinks
+from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.sampling import SamplingParams, defaults_from_generation_config
 from engine.generation.scheduler import GenerationScheduler
 from engine.model_config import read_optional_json, resolve_context_size
