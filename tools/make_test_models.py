@@ -24,6 +24,7 @@ MODEL_DIRS = (
     "tiny-cross-encoder-2label",
     "tiny-qwen2-decoder",
     "tiny-qwen2-decoder-genai",
+    "tiny-qwen2-decoder-thinking",
 )
 
 
@@ -64,7 +65,15 @@ def build_all(out: Path) -> None:
         )
         hf_dir, expected = qwen_decoder.build_decoder(bpe, work, out / "tiny-qwen2-decoder")
         genai_decoder.build_genai(hf_dir, work, out / "tiny-qwen2-decoder-genai", expected)
+        build_thinking_fixtures(out)
     write_sums(out)
+
+
+def build_thinking_fixtures(out: Path) -> None:
+    """The reasoning-template variant, copied from the finished tiny-qwen2-decoder."""
+    from fixtures_lib import thinking_decoder
+
+    thinking_decoder.build_thinking(out / "tiny-qwen2-decoder", out / "tiny-qwen2-decoder-thinking")
 
 
 def clear_generated(out: Path) -> None:
