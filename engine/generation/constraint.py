@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llguidance
 import numpy as np
@@ -24,9 +24,12 @@ from tokenizers import Tokenizer
 
 from engine.errors import BadRequestError
 from engine.generation.reasoning import THINK_OPEN, ThinkingPhase, prompt_opens_thinking
+from engine.text.messages import ChatMessage
 
 log = logging.getLogger(__name__)
 
+# Most of the context window the schema shown in the prompt may take.
+_INSTRUCTION_SHARE = 0.25
 # Compact JSON: no whitespace between tokens (a model can otherwise spend its whole budget on newlines).
 _COMPILE_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
 # The closing policy is simulated only when this few tokens are left (the last tokens of a long budget).
@@ -65,8 +68,13 @@ class OutputFormat:
             raise BadRequestError(f"json_schema is not a JSON object: {error}") from None
         problem = llguidance.LLMatcher.validate_grammar(grammar)
         if problem:
-            raise BadRequestError(f"json_schema cannot be enforced: {problem.strip().splitlines()[0]}")
+            raise BadRequestError(f"json_schema cannot be enforced: {_one_line(problem)}")
         return grammar
+
+
+def _one_line(message: str, limit: int = 400) -> str:
+    """llguidance's error message (it may draw a caret under the regex on several lines) as one short line."""
+    return " ".join(message.split())[:limit]
 
 
 def parse_json_schema(text: str) -> OutputFormat:
@@ -104,7 +112,7 @@ def tool_call_grammar(tools: Sequence[tuple[str, dict]], close_token: int | None
     grammar = llguidance.LLMatcher.grammar_from_lark(lark)
     problem = llguidance.LLMatcher.validate_grammar(grammar)
     if problem:
-        raise BadRequestError(f"a tool's parameters cannot be enforced: {problem.strip().splitlines()[0]}")
+        raise BadRequestError(f"a tool's parameters cannot be enforced: {_one_line(problem)}")
     return grammar
 
 
@@ -201,6 +209,13 @@ def _closing_choice(
     return None
 
 
+def _forced(matcher: llguidance.LLMatcher) -> int | None:
+    """The first token of the text the grammar forces from here (a required key), in its canonical tokenization;
+    None when nothing is forced."""
+    tokens = matcher.compute_ff_tokens()
+    return tokens[0] if tokens else None
+
+
 def closing_distance(
     vocab: GrammarVocabulary, matcher: llguidance.LLMatcher, lexer: _JsonLexer, cap: int = _SIMULATION_CAP
 ) -> int:
@@ -210,7 +225,7 @@ def closing_distance(
     for steps in range(1, cap + 1):
         mask.fill(probe)
         allowed = mask.allowed()
-        token = _closing_choice(vocab, allowed, lexer, None)
+        token = _closing_choice(vocab, allowed, lexer, None) or _forced(probe)
         if token is None:
             token = int(np.argmax(allowed))  # the lowest allowed id: a single byte in byte-level vocabularies
         if token in vocab.eos_ids or not probe.consume_token(token) or probe.is_stopped():
@@ -242,7 +257,7 @@ class TokenConstraint:
             self.closing = closing_distance(self.vocab, self.matcher, self.lexer) + CLOSE_MARGIN >= self.remaining
         token = None
         if self.closing:
-            token = _closing_choice(self.vocab, self._mask.allowed(), self.lexer, logits)
+            token = _closing_choice(self.vocab, self._mask.allowed(), self.lexer, logits) or _forced(self.matcher)
         if token is None:
             if greedy:
                 token = pick(logits)  # the best token, kept when the grammar allows it: exact and cheap
@@ -265,14 +280,22 @@ class TokenConstraint:
             raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
 
 
+def with_format_instruction(messages: Sequence[ChatMessage], instruction: str) -> list[ChatMessage]:
+    """The conversation with `instruction` at the end of the system message (one is added first)."""
+    if messages and messages[0].role == "system" and isinstance(messages[0].content, str):
+        first = messages[0]
+        return [replace(first, content=f"{first.content}\n\n{instruction}".lstrip()), *messages[1:]]
+    return [ChatMessage("system", instruction), *messages]
+
+
+_JSON_ONLY = "Answer with a single JSON object and nothing else."
+
+
 def format_instruction(output: OutputFormat) -> str:
     """What the model is told, so the values are good and not only valid."""
     if output.kind == "json_object":
-        return "Answer with a single JSON object and nothing else."
-    return (
-        "Answer with a single JSON object and nothing else. It must be valid against this JSON schema:\n"
-        + output.schema
-    )
+        return _JSON_ONLY
+    return f"{_JSON_ONLY} It must be valid against this JSON schema:\n{output.schema}"
 
 
 class SequenceConstraint:
@@ -349,6 +372,18 @@ class OutputShaping:
         self.thinks = thinks  # the chat template writes <think> blocks
         self.thinking_switch = thinking_switch  # … and reads enable_thinking
         self._vocab: GrammarVocabulary | None = None
+
+    def instructed(
+        self, messages: Sequence[ChatMessage], output: OutputFormat | None, context: int
+    ) -> Sequence[ChatMessage]:
+        """The conversation with the output format's instruction, the schema included when it takes at most
+        `_INSTRUCTION_SHARE` of the context (the grammar enforces it anyway; a small window keeps its room)."""
+        if output is None:
+            return messages
+        instruction = format_instruction(output)
+        if len(self.tokenizer.encode(instruction, add_special_tokens=False).ids) > context * _INSTRUCTION_SHARE:
+            instruction = _JSON_ONLY
+        return with_format_instruction(messages, instruction)
 
     def template_options(self, enable_thinking: bool | None) -> dict[str, bool]:
         """Template variables for the request (enable_thinking only where the template reads it)."""

@@ -251,7 +251,8 @@ class GenerationScheduler:
     def _start(self, request: GenerationRequest) -> _Sequence:
         params = request.params
         options = self.shaping.template_options(params.enable_thinking)
-        prompt = self.prompts.build(request.messages, request.tools, request.settings.prompt_overflow, options)
+        messages = self.shaping.instructed(request.messages, params.output_format, self.context)
+        prompt = self.prompts.build(messages, request.tools, request.settings.prompt_overflow, options)
         sampling = params.sampling or self.default_sampling.with_overrides(dict(params.overrides))
         limit = self.context if params.max_tokens is None else min(self.context, len(prompt) + params.max_tokens)
         capacity = min(self.context, -(-limit // CAPACITY_STEP) * CAPACITY_STEP)
