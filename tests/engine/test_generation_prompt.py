@@ -108,8 +108,8 @@ def test_a_thousand_turns_truncate_with_a_few_renders_well_under_a_second(monkey
     encoded: list[tuple[list[ChatMessage], list[int]]] = []
     encode = builder.encode
 
-    def spy(conversation: list[ChatMessage], tools: tuple = ()) -> list[int]:
-        encoded.append((conversation, encode(conversation, tools)))
+    def spy(conversation: list[ChatMessage], tools: tuple = (), options: dict | None = None) -> list[int]:
+        encoded.append((conversation, encode(conversation, tools, options)))
         return encoded[-1][1]
 
     monkeypatch.setattr(builder, "encode", spy)
