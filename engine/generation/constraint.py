@@ -250,7 +250,7 @@ class TokenConstraint:
     def done(self) -> bool:
         return self.matcher.is_stopped()
 
-    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], greedy: bool) -> int:
+    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int]) -> int:
         """The next token: `pick` (the sampler) over the allowed tokens, or the closing policy near the end."""
         self._mask.fill(self.matcher)
         if not self.closing and self.remaining <= CLOSE_HORIZON:
@@ -259,11 +259,12 @@ class TokenConstraint:
         if self.closing:
             token = _closing_choice(self.vocab, self._mask.allowed(), self.lexer, logits) or _forced(self.matcher)
         if token is None:
-            if greedy:
-                token = pick(logits)  # the best token, kept when the grammar allows it: exact and cheap
-                if not self._mask.allows(token):
-                    token = pick(self._masked(logits))
-            else:
+            # The sampler's own choice first, kept when the grammar allows it (as llama.cpp does): one bit test
+            # instead of masking 151,936 logits (~0.5 ms); only a refused choice pays for the mask and a
+            # second pick. Greedy is exact either way; sampling draws from the filtered distribution restricted
+            # to the allowed tokens whenever it has any.
+            token = pick(logits)
+            if not self._mask.allows(token):
                 token = pick(self._masked(logits))
         self.accept(token)
         return token
@@ -323,7 +324,7 @@ class SequenceConstraint:
             self.active = TokenConstraint(vocab, answer_grammar, budget)
             self.answer_grammar = None
 
-    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], greedy: bool) -> int:
+    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int]) -> int:
         self.remaining -= 1
         if self.thinking is not None and not self.thinking.done:
             token = self.thinking.choose(logits, pick)
@@ -332,7 +333,7 @@ class SequenceConstraint:
                 self.answer_grammar = None
             return token
         if self.active is not None:
-            token = self.active.choose(logits, pick, greedy)
+            token = self.active.choose(logits, pick)
             if self.active.done and self.tool_grammar is not None and self.answer_grammar is None:
                 self.active = None  # a tool call's block closed: free text (or another call) follows
             return token

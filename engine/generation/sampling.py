@@ -257,10 +257,7 @@ class Sampler:
     def choose(self, logits: np.ndarray) -> int:
         if self.counts is not None:
             logits = apply_penalties(logits, self.params, self.counts)
-        if self.constraint is not None:
-            token = self.constraint.choose(logits, self._pick, self.params.greedy)
-        else:
-            token = self._pick(logits)
+        token = self._pick(logits) if self.constraint is None else self.constraint.choose(logits, self._pick)
         if self.counts is not None:
             self.counts.add(token)
         return token
@@ -277,4 +274,4 @@ class Sampler:
 class Constraint(Protocol):
     """Decides which tokens may come next (engine/generation/constraint.py); `pick` samples from given logits."""
 
-    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], greedy: bool) -> int: ...
+    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int]) -> int: ...
