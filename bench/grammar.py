@@ -99,7 +99,7 @@ def bench_llguidance(tokenizer_json: str, ids: list[int]) -> dict[str, object]:
             raise AssertionError(f"llguidance refused token {token} of a valid answer")
         if token == EOS:
             break
-        ok, seconds = _timed(lambda: matcher.consume_token(token))
+        ok, seconds = _timed(lambda token=token: matcher.consume_token(token))
         consumes.append(seconds)
         assert ok, matcher.get_error()
     return {
@@ -145,7 +145,7 @@ def bench_outlines(tokenizer: Tokenizer, ids: list[int], timeout_s: float) -> di
         masks.append(seconds)
         if token == EOS:
             break
-        _, seconds = _timed(lambda: guide.advance(token, return_tokens=False))
+        _, seconds = _timed(lambda token=token: guide.advance(token, return_tokens=False))
         advances.append(seconds)
     return {
         "version": getattr(outlines_core, "__version__", ""),
@@ -166,9 +166,7 @@ def bench_apply(repeats: int = 200) -> dict[str, object]:
     applies, argmaxes = [], []
     for _ in range(repeats):
         _, seconds = _timed(
-            lambda: np.where(
-                np.unpackbits(bits.view(np.uint8), bitorder="little")[:VOCAB].view(bool), logits, -np.inf
-            )
+            lambda: np.where(np.unpackbits(bits.view(np.uint8), bitorder="little")[:VOCAB].view(bool), logits, -np.inf)
         )
         applies.append(seconds)
         _, seconds = _timed(lambda: np.argmax(logits))

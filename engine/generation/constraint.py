@@ -35,7 +35,7 @@ _COMPILE_OPTIONS: llguidance.JsonCompileOptions = {"whitespace_flexible": False}
 # The closing policy is simulated only when this few tokens are left (the last tokens of a long budget).
 CLOSE_HORIZON = 96
 # Tokens kept in hand beyond the simulated closing path (a forced multi-token key, a lookahead miss).
-CLOSE_MARGIN = 4
+CLOSE_MARGIN = 8
 # The simulated closing path gives up beyond this many tokens (the budget then cannot be met anyway).
 _SIMULATION_CAP = 512
 # Tokens that close something: inside a string, a quote then only closing brackets; outside, closing brackets
@@ -140,9 +140,19 @@ class GrammarVocabulary:
             if _SHORT_STEP_BYTES.issuperset(text):
                 self.short_step[token] = True
         self.words = (vocab_size + 31) // 32
+        # The same sets packed like llguidance's masks (bit i of word i // 32), so the closing policy works on
+        # ~4,700 words instead of 151,936 booleans.
+        self.packed_closes_string = self._packed(self.closes_string)
+        self.packed_closes_structure = self._packed(self.closes_structure)
+        self.packed_short_step = self._packed(self.short_step)
         token_ids = tokenizer.get_vocab(with_added_tokens=True)
         self.tool_call_open = token_ids.get("<tool_call>")
         self.tool_call_close = token_ids.get("</tool_call>")
+
+    def _packed(self, members: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.words * 32, dtype=bool)
+        padded[: members.shape[0]] = members
+        return np.packbits(padded, bitorder="little").view(np.int32)
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
@@ -168,6 +178,23 @@ class _Mask:
     def allowed(self) -> np.ndarray:
         return np.unpackbits(self.bits.view(np.uint8), bitorder="little")[: self.vocab_size].view(bool)
 
+    def ids_in(self, packed: np.ndarray) -> np.ndarray:
+        """The allowed ids of a packed set, ascending (only the words where both have bits are unpacked)."""
+        both = self.bits & packed
+        words = np.flatnonzero(both)
+        if not words.shape[0]:
+            return words
+        bits = np.unpackbits(both[words].view(np.uint8), bitorder="little").reshape(words.shape[0], 32)
+        rows, columns = np.nonzero(bits)
+        return words[rows] * 32 + columns
+
+    def lowest(self) -> int | None:
+        words = np.flatnonzero(self.bits)
+        if not words.shape[0]:
+            return None
+        word = int(self.bits[words[0]]) & 0xFFFFFFFF
+        return int(words[0]) * 32 + ((word & -word).bit_length() - 1)
+
 
 class _JsonLexer:
     """Whether the JSON text so far ends inside a string (what a closing token means depends on it)."""
@@ -191,19 +218,20 @@ class _JsonLexer:
         return other
 
 
-def _closing_choice(
-    vocab: GrammarVocabulary, allowed: np.ndarray, lexer: _JsonLexer, logits: np.ndarray | None
-) -> int | None:
+def _closing_choice(vocab: GrammarVocabulary, mask: _Mask, lexer: _JsonLexer, logits: np.ndarray | None) -> int | None:
     """The closing policy's token: end of sequence when the document is complete, else one that closes the
     string (then brackets), else brackets, else the shortest structural step outside a string; the model's
     favourite among those (the first in a simulation). None: only content is allowed (a required key's
-    letters, a string's minimum length), which the sampler chooses."""
-    eos = vocab.eos_ids[allowed[vocab.eos_ids]]
-    if eos.shape[0]:
-        return int(eos[0])
-    tiers = (vocab.closes_string,) if lexer.in_string else (vocab.closes_structure, vocab.short_step)
+    letters, a string's minimum length)."""
+    for eos in vocab.eos_ids:
+        if mask.allows(int(eos)):
+            return int(eos)
+    if lexer.in_string:
+        tiers = (vocab.packed_closes_string,)
+    else:
+        tiers = (vocab.packed_closes_structure, vocab.packed_short_step)
     for tier in tiers:
-        ids = np.flatnonzero(allowed & tier)
+        ids = mask.ids_in(tier)
         if ids.shape[0]:
             return int(ids[np.argmax(logits[ids])] if logits is not None else ids[0])
     return None
@@ -216,6 +244,14 @@ def _forced(matcher: llguidance.LLMatcher) -> int | None:
     return tokens[0] if tokens else None
 
 
+def _closing_token(
+    vocab: GrammarVocabulary, mask: _Mask, lexer: _JsonLexer, matcher: llguidance.LLMatcher, logits: np.ndarray | None
+) -> int | None:
+    """The closing policy's token, or the forced text's next token when only content is allowed."""
+    token = _closing_choice(vocab, mask, lexer, logits)
+    return _forced(matcher) if token is None else token
+
+
 def closing_distance(
     vocab: GrammarVocabulary, matcher: llguidance.LLMatcher, lexer: _JsonLexer, cap: int = _SIMULATION_CAP
 ) -> int:
@@ -224,11 +260,10 @@ def closing_distance(
     mask = _Mask(vocab.words, vocab.vocab_size)
     for steps in range(1, cap + 1):
         mask.fill(probe)
-        allowed = mask.allowed()
-        token = _closing_choice(vocab, allowed, lexer, None) or _forced(probe)
+        token = _closing_token(vocab, mask, lexer, probe, None)
         if token is None:
-            token = int(np.argmax(allowed))  # the lowest allowed id: a single byte in byte-level vocabularies
-        if token in vocab.eos_ids or not probe.consume_token(token) or probe.is_stopped():
+            token = mask.lowest()  # a single byte in byte-level vocabularies
+        if token is None or token in vocab.eos_ids or not probe.consume_token(token) or probe.is_stopped():
             return steps
         lexer.feed(vocab.token_bytes[token])
     return cap
@@ -243,6 +278,7 @@ class TokenConstraint:
         self.matcher = vocab.matcher(grammar)
         self.remaining = budget
         self.closing = False
+        self._recheck = 0  # steps until the closing distance is simulated again
         self.lexer = _JsonLexer()
         self._mask = _Mask(vocab.words, vocab.vocab_size)
 
@@ -253,11 +289,16 @@ class TokenConstraint:
     def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int]) -> int:
         """The next token: `pick` (the sampler) over the allowed tokens, or the closing policy near the end."""
         self._mask.fill(self.matcher)
-        if not self.closing and self.remaining <= CLOSE_HORIZON:
-            self.closing = closing_distance(self.vocab, self.matcher, self.lexer) + CLOSE_MARGIN >= self.remaining
+        if not self.closing and self.remaining <= CLOSE_HORIZON and self._recheck <= 0:
+            slack = self.remaining - closing_distance(self.vocab, self.matcher, self.lexer) - CLOSE_MARGIN
+            self.closing = slack <= 0
+            # The distance grows by a few tokens per step at most (a new key, an array item): checked again once
+            # half of the slack is spent, so a long budget simulates a few times, not at every token.
+            self._recheck = slack // 2
+        self._recheck -= 1
         token = None
         if self.closing:
-            token = _closing_choice(self.vocab, self._mask.allowed(), self.lexer, logits) or _forced(self.matcher)
+            token = _closing_token(self.vocab, self._mask, self.lexer, self.matcher, logits)
         if token is None:
             # The sampler's own choice first, kept when the grammar allows it (as llama.cpp does): one bit test
             # instead of masking 151,936 logits (~0.5 ms); only a refused choice pays for the mask and a
