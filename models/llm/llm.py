@@ -81,18 +81,21 @@ def to_engine_tools(tools: Sequence[PromptMessageTool] | None) -> list[ToolSpec]
 
 
 def output_format(model_parameters: dict, json_schema: dict | None = None) -> OutputFormat | None:
-    """response_format / json_schema parameters (or the polling call's json_schema) → the answer's format."""
+    """response_format / json_schema parameters (or the polling call's json_schema) → the answer's format. A
+    json_schema alone is enough (Dify sends it so when the rules offer it); response_format text turns it off."""
     kind = model_parameters.get("response_format") or ""
     schema = model_parameters.get("json_schema")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return OutputFormat(kind)
     if json_schema:
         return parse_json_schema(json.dumps(json_schema))
-    if kind in ("", "text"):
-        return None
-    if kind == "json_schema":
-        if not isinstance(schema, str) or not schema.strip():
-            raise BadRequestError("response_format json_schema needs the json_schema parameter (a JSON schema)")
+    if isinstance(schema, str) and schema.strip():
         return parse_json_schema(schema)
-    return OutputFormat(kind)
+    if kind == "json_schema":
+        raise BadRequestError("response_format json_schema needs the json_schema parameter (a JSON schema)")
+    return None if not kind else OutputFormat(kind)  # an unknown kind: OutputFormat names the allowed ones
 
 
 def to_params(model_parameters: dict, stop: Sequence[str] | None, json_schema: dict | None = None) -> GenerationParams:

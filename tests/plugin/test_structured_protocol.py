@@ -92,6 +92,15 @@ def test_dify_wrapped_schema_and_a_tight_budget_still_close_the_document(plugin:
     jsonschema.validate(json.loads(text_of(records)), PERSON)
 
 
+def test_a_json_schema_parameter_alone_constrains_and_text_format_turns_it_off(plugin: PluginProcess) -> None:
+    schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
+    alone = text_of(invoke(plugin, LLM, ASK, temperature=1.0, seed=2, max_tokens=24, json_schema=schema))
+    assert isinstance(json.loads(alone)["ok"], bool)
+    free = text_of(invoke(plugin, LLM, ASK, temperature=0.0, max_tokens=24, json_schema=schema, response_format="text"))
+    with pytest.raises(ValueError):
+        json.loads(free)
+
+
 def test_json_object_mode_gives_a_json_object(plugin: PluginProcess) -> None:
     for seed in range(5):
         value = json.loads(
