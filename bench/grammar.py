@@ -12,6 +12,7 @@ engine's cost of applying a mask to the logits. Compare with a decode step of Qw
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import statistics
 import sys
@@ -103,7 +104,7 @@ def bench_llguidance(tokenizer_json: str, ids: list[int]) -> dict[str, object]:
         consumes.append(seconds)
         assert ok, matcher.get_error()
     return {
-        "version": llguidance.__version__ if hasattr(llguidance, "__version__") else "",
+        "version": importlib.metadata.version("llguidance"),
         "tokenizer_s": round(tokenizer_s, 3),
         "compile_s": round(compile_s, 4),
         "mask": _ms(masks),
@@ -148,7 +149,7 @@ def bench_outlines(tokenizer: Tokenizer, ids: list[int], timeout_s: float) -> di
         _, seconds = _timed(lambda token=token: guide.advance(token, return_tokens=False))
         advances.append(seconds)
     return {
-        "version": getattr(outlines_core, "__version__", ""),
+        "version": importlib.metadata.version("outlines-core"),
         "vocabulary_s": round(vocab_s, 3),
         "compile_s": round(compile_s, 3),
         "mask": _ms(masks),
