@@ -186,15 +186,15 @@ def test_schemas_declare_only_what_the_files_support(plugin: PluginProcess) -> N
         assert schema["model_properties"]["context_size"] == 512
 
 
-def test_polling_start_check_until_done_gives_the_text_and_usage(plugin: PluginProcess) -> None:
+def start_polling(plugin: PluginProcess, messages: list[dict[str, Any]], **parameters: Any) -> dict[str, Any]:
     start = plugin.request(
         model_request(
             "start_polling",
             "llm",
             "tiny",
             LLM,
-            prompt_messages=ASK,
-            model_parameters={"temperature": 0.0, "max_tokens": 200, "response_format": "json_object"},
+            prompt_messages=messages,
+            model_parameters=parameters,
             stop=None,
             tools=None,
             stream=False,
@@ -202,17 +202,29 @@ def test_polling_start_check_until_done_gives_the_text_and_usage(plugin: PluginP
     )
     started = streams(start)[0]
     assert started["status"] == "running" and started["next_check_after_seconds"] >= 1
-    state = started["plugin_state"]
-    checks = 0
+    return started["plugin_state"]
+
+
+def poll_until_done(plugin: PluginProcess, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     deadline = time.monotonic() + 60
     while True:
-        checks += 1
         result = streams(plugin.request(model_request("check_polling", "llm", "tiny", LLM, plugin_state=state)))[0]
         if result["status"] != "running":
-            break
+            return result, state
         assert time.monotonic() < deadline
         state = result["plugin_state"]
         time.sleep(0.05)
+
+
+def test_polling_reports_a_generation_that_fails_as_failed(plugin: PluginProcess) -> None:
+    long_prompt = [{"role": "user", "content": "word " * 2000}]  # beyond the 512-token context
+    result, _ = poll_until_done(plugin, start_polling(plugin, long_prompt, max_tokens=8))
+    assert result["status"] == "failed" and "context window" in result["error"]
+
+
+def test_polling_start_check_until_done_gives_the_text_and_usage(plugin: PluginProcess) -> None:
+    state = start_polling(plugin, ASK, temperature=0.0, max_tokens=200, response_format="json_object")
+    result, state = poll_until_done(plugin, state)
     assert result["status"] == "succeeded", result
     message, usage = result["result"]["message"], result["result"]["usage"]
     assert isinstance(json.loads(message["content"]), dict)
