@@ -435,7 +435,13 @@ class OutputShaping:
     @property
     def vocab(self) -> GrammarVocabulary:
         if self._vocab is None:
-            self._vocab = GrammarVocabulary(self.tokenizer, self.vocab_size, self.eos_ids)
+            try:
+                self._vocab = GrammarVocabulary(self.tokenizer, self.vocab_size, self.eos_ids)
+            except Exception as error:  # a tokenizer llguidance cannot read: this model has no structured output
+                raise BadRequestError(
+                    f"structured output is not available for this model's tokenizer: {type(error).__name__}: "
+                    f"{_one_line(str(error))}"
+                ) from None
         return self._vocab
 
     def for_request(
