@@ -175,6 +175,34 @@ def bench_apply(repeats: int = 200) -> dict[str, object]:
     return {"apply_mask": _ms(applies), "argmax": _ms(argmaxes)}
 
 
+def bench_engine(tokenizer: Tokenizer, ids: list[int]) -> dict[str, object]:
+    """The engine's whole per-token path (engine/generation/constraint.py through Sampler.choose, greedy):
+    the answer's tokens are each step's favourite, with a long budget (no closing checks) and with a budget just
+    inside the closing horizon (the closing distance is simulated as the end nears)."""
+    from engine.generation.constraint import CLOSE_HORIZON, GrammarVocabulary, OutputFormat, TokenConstraint
+    from engine.generation.sampling import Sampler, SamplingParams
+
+    vocab, build_s = _timed(lambda: GrammarVocabulary(tokenizer, VOCAB, frozenset({EOS})))
+    grammar = OutputFormat("json_schema", json.dumps(SCHEMA)).grammar()
+    rng = np.random.default_rng(0)
+    base = (rng.standard_normal(VOCAB) * 3).astype(np.float32)
+    results: dict[str, object] = {"vocabulary_s": round(build_s, 3)}
+    for name, budget in (("long_budget", 4 * len(ids)), ("near_the_end", min(CLOSE_HORIZON, len(ids) + 4))):
+        sampler = Sampler(SamplingParams(temperature=0.0), [], VOCAB, TokenConstraint(vocab, grammar, budget))
+        free = Sampler(SamplingParams(temperature=0.0), [], VOCAB)
+        constrained_s, free_s = [], []
+        for token in [*ids, EOS]:
+            logits = base.copy()
+            logits[token] = 50.0
+            chosen, seconds = _timed(lambda logits=logits, sampler=sampler: sampler.choose(logits))
+            constrained_s.append(seconds)
+            free_s.append(_timed(lambda logits=logits, free=free: free.choose(logits))[1])
+            if chosen == EOS:
+                break
+        results[name] = {"constrained": _ms(constrained_s), "unconstrained": _ms(free_s), "tokens": len(free_s)}
+    return results
+
+
 def run(tokenizer_path: Path, outlines_timeout_s: float = 300.0) -> dict[str, object]:
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     text = json.dumps(ANSWER, separators=(",", ":"))
@@ -187,6 +215,7 @@ def run(tokenizer_path: Path, outlines_timeout_s: float = 300.0) -> dict[str, ob
         results["outlines_core"] = {"error": f"{type(error).__name__}: {error}"}
     results["xgrammar"] = {"error": "not measured: its wheel requires torch, transformers and triton"}
     results["engine_apply"] = bench_apply()
+    results["engine_per_token"] = bench_engine(tokenizer, ids)
     return results
 
 
