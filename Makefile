@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint demo package package-offline bench-embed stats help
+.PHONY: setup test lint demo package package-offline bench-embed bench-grammar bench-structured stats help
 
 help:
 	@echo "make setup        create .venv (Python 3.12) with runtime + dev dependencies"
@@ -19,6 +19,8 @@ help:
 	@echo "make bench-llm    LLM decode/TTFT benchmark: engine, plugin, bare ONNX Runtime, llama.cpp"
 	@echo "make bench-llm-env  build llama.cpp (llama-cpp-python from source) for bench-llm, ~11 min"
 	@echo "make bench-sampling  per-token cost of the sampler on a Qwen-sized vocabulary (no model needed)"
+	@echo "make bench-grammar   per-token mask cost of llguidance vs outlines-core on the real Qwen tokenizer"
+	@echo "make bench-structured  decode tokens/s with a JSON-schema constraint vs without (BENCH_STRUCTURED_ARGS=--tiny)"
 	@echo "make bench-coloc  chat LLM + embedder in one plugin process: defaults vs hand-tuned vs naive (needs make models)"
 	@echo "make soak         thousands of mixed requests + overload + injected faults through the plugin: lost, duplicated, misclassed, heartbeats, RSS (SOAK_ARGS=\"--models tiny\")"
 	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"
@@ -53,6 +55,13 @@ demo: setup
 
 bench-embed: setup
 	$(PY) bench/embed.py $(BENCH_ARGS)
+
+bench-grammar: setup
+	$(PY) bench/grammar.py --json bench/results/grammar.json
+
+BENCH_STRUCTURED_ARGS ?=
+bench-structured: setup
+	$(PY) bench/structured.py --json bench/results/structured.json $(BENCH_STRUCTURED_ARGS)
 
 -include tools/tools.mk
 -include tools/models.mk

@@ -34,6 +34,8 @@ $(LLAMACPP_STAMP): $(LLAMACPP_REQS)
 bench-llm: setup
 	@if [[ " $(BENCH_LLM_ARGS) " != *" --tiny "* ]]; then $(MAKE) --no-print-directory bench-llm-env; fi
 	$(PY) bench/llm.py --llamacpp-python $(LLAMACPP_PY) $(BENCH_LLM_ARGS)
+	@# Structured output: decode rate with a JSON-schema constraint vs without (bench/structured.py).
+	$(PY) bench/structured.py --json bench/results/structured.json $(filter --tiny,$(BENCH_LLM_ARGS))
 
 # Per-token cost of the sampler on a Qwen-sized vocabulary (seconds; no model needed).
 bench-sampling: setup

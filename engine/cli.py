@@ -29,6 +29,7 @@ import onnx
 from engine.api import Engine
 from engine.encoders.embedding import resolve_pooling
 from engine.errors import EngineError
+from engine.generation.constraint import OutputFormat, parse_json_schema
 from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
 from engine.generation.loader import eos_token_ids
 from engine.generation.sampling import defaults_from_generation_config
@@ -422,7 +423,25 @@ def _chat_params(args: argparse.Namespace) -> GenerationParams:
     overrides: list[tuple[str, float | int]] = [(n, getattr(args, n)) for n in names if getattr(args, n) is not None]
     if args.seed is not None:
         overrides.append(("seed", args.seed))
-    return GenerationParams(max_tokens=args.max_tokens, stop=tuple(args.stop or ()), overrides=tuple(overrides))
+    return GenerationParams(
+        max_tokens=args.max_tokens,
+        stop=tuple(args.stop or ()),
+        overrides=tuple(overrides),
+        output_format=_output_format(args),
+        enable_thinking=False if args.no_think else None,
+        thinking_budget=args.thinking_budget,
+    )
+
+
+def _output_format(args: argparse.Namespace) -> OutputFormat | None:
+    """--json-schema FILE (the answer valid against it) or --json (any JSON object)."""
+    if args.json_schema:
+        try:
+            text = Path(args.json_schema).read_text(encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"--json-schema {args.json_schema}: {error}") from None
+        return parse_json_schema(text)
+    return OutputFormat("json_object") if args.json_object else None
 
 
 def _tools(path: str | None) -> list[ToolSpec]:
@@ -997,6 +1016,10 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--seed", type=int)
     command.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
     command.add_argument("--tools", help="a JSON file of tools (OpenAI function format)")
+    command.add_argument("--json-schema", help="a JSON schema file: the answer is constrained to be valid against it")
+    command.add_argument("--json", dest="json_object", action="store_true", help="the answer is one JSON object")
+    command.add_argument("--no-think", action="store_true", help="enable_thinking=false (templates with the switch)")
+    command.add_argument("--thinking-budget", type=int, help="most tokens inside <think>…</think>")
     _add_settings(command)
 
     command = model_command("embed", "embed texts: dimension, norms, cosine similarities")

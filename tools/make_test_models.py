@@ -27,6 +27,7 @@ MODEL_DIRS = (
     "tiny-xlmr-embedder",
     "tiny-xlmr-cross-encoder",
     "tiny-qwen3-reranker",
+    "tiny-qwen2-decoder-thinking",
 )
 
 
@@ -75,7 +76,15 @@ def build_all(out: Path) -> None:
         xlmr_models.build_embedder(unigram, work, out / "tiny-xlmr-embedder")
         xlmr_models.build_cross_encoder(unigram, work, out / "tiny-xlmr-cross-encoder")
         llm_reranker.build_llm_reranker(work, out / "tiny-qwen3-reranker")
+        build_thinking_fixtures(out)
     write_sums(out)
+
+
+def build_thinking_fixtures(out: Path) -> None:
+    """The reasoning-template variant, copied from the finished tiny-qwen2-decoder."""
+    from fixtures_lib import thinking_decoder
+
+    thinking_decoder.build_thinking(out / "tiny-qwen2-decoder", out / "tiny-qwen2-decoder-thinking")
 
 
 def clear_generated(out: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import BadRequestError
+from engine.generation.constraint import OutputFormat
 from engine.generation.sampling import SamplingParams
 from engine.text.messages import ToolCall
 
@@ -23,8 +24,13 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     # Per-request values (name, value) laid over the model's defaults when `sampling` is None.
     overrides: tuple[tuple[str, float | int], ...] = ()
+    output_format: OutputFormat | None = None  # None: free text
+    enable_thinking: bool | None = None  # None: the template's default (only for templates with the switch)
+    thinking_budget: int | None = None  # most tokens inside <think>…</think> (None: no limit)
 
     def __post_init__(self) -> None:
+        if self.thinking_budget is not None and self.thinking_budget < 0:
+            raise BadRequestError(f"thinking_budget {self.thinking_budget} is not valid; allowed: 0 or more")
         # Here rather than in a validate() so every way of building the parameters (the adapter, Engine.generate
         # adding its `stop` argument with dataclasses.replace, the command line) is held to the same caps.
         if len(self.stop) > MAX_STOP_SEQUENCES:

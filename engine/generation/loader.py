@@ -8,9 +8,11 @@ from pathlib import Path
 
 from engine.errors import BadRequestError, ModelLoadError
 from engine.generation.attention_rewrite import AttentionRewrite
+from engine.generation.constraint import OutputShaping
 from engine.generation.kv_layout import KvLayout, read_kv_layout
 from engine.generation.last_logits import last_position_graph, takes_logits_count
 from engine.generation.prompt import PromptBuilder
+from engine.generation.reasoning import template_has_switch, template_thinks
 from engine.generation.runners import DecoderRunner, GenaiRunner, OptimumRunner
 from engine.generation.sampling import SamplingParams, defaults_from_generation_config
 from engine.generation.scheduler import GenerationScheduler
@@ -37,6 +39,8 @@ class ModelTraits:
     default_max_tokens: int | None
     accepts_tools: bool
     mode: str
+    thinks: bool = False  # the chat template writes <think> blocks (a reasoning model)
+    thinking_switch: bool = False  # … and reads enable_thinking (a per-request switch)
 
 
 def _ints(value: object) -> set[int]:
@@ -77,7 +81,13 @@ def read_traits(profile: RuntimeProfile) -> ModelTraits:
         default_max_tokens=max_new if isinstance(max_new, int) and max_new > 0 else None,
         accepts_tools=settings.mode == "chat" and template is not None and template.accepts_tools,
         mode=settings.mode,
+        **_reasoning_traits(template if settings.mode == "chat" else None),
     )
+
+
+def _reasoning_traits(template: ChatTemplate | None) -> dict[str, bool]:
+    source = "" if template is None else template.source + (template.tool_source or "")
+    return {"thinks": template_thinks(source), "thinking_switch": template_has_switch(source)}
 
 
 def _runner(
@@ -126,8 +136,11 @@ def build_generator(
     prompts = PromptBuilder(tokenizer, template, settings.mode, context, settings.prompt_overflow)
     name = name or f"{directory.name}[llm]"
     defaults = defaults_from_generation_config(read_optional_json(directory / "generation_config.json"))
+    shaping = OutputShaping(
+        tokenizer, layout.vocab_size, eos_ids, **_reasoning_traits(template if settings.mode == "chat" else None)
+    )
     scheduler = GenerationScheduler(
-        name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults, activity_of(placement)
+        name, runner, prompts, tokenizer, eos_ids, settings, wake, defaults, activity_of(placement), shaping
     )
     details = {
         "layers": layout.layers,

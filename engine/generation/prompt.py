@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
+from typing import Any
 
 from tokenizers import Tokenizer
 
@@ -23,15 +24,19 @@ class PromptBuilder:
         self.context = context
         self.overflow = overflow
 
-    def render(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> str:
+    def render(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), options: Mapping[str, Any] | None = None
+    ) -> str:
         if not messages:
             raise BadRequestError("the request has no messages")
         if self.mode == "completion" or self.template is None:
             return completion_prompt(messages)
-        return self.template.render(messages, tools, add_generation_prompt=True)
+        return self.template.render(messages, tools, add_generation_prompt=True, options=options)
 
-    def encode(self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()) -> list[int]:
-        text = self.render(messages, tools)
+    def encode(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), options: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        text = self.render(messages, tools, options)
         # A chat template writes its own special tokens; completion mode lets the tokenizer add BOS if it does.
         chat = self.mode == "chat" and self.template is not None
         # encode_batch releases the GIL while it tokenizes (encode does not): a 2 MB prompt would otherwise stop
@@ -44,7 +49,11 @@ class PromptBuilder:
         return sum(len(message.text()) for message in messages) > self.context * MAX_CHARS_PER_TOKEN
 
     def build(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = (), overflow: str | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        overflow: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """Prompt ids leaving room for at least one generated token; per `overflow` (the call's prompt_overflow,
         else the model's), the oldest turns are dropped until it fits, or the request fails giving both numbers."""
@@ -58,7 +67,7 @@ class PromptBuilder:
                 f"the prompt has {characters} characters, far more than the model's context window of "
                 f"{self.context} tokens can hold; shorten the conversation or set prompt_overflow to truncate_oldest"
             )
-        ids = None if far_too_long else self.encode(messages, tools)  # a long history is never encoded whole
+        ids = None if far_too_long else self.encode(messages, tools, options)  # a long history is never encoded whole
         if ids is not None and len(ids) < self.context:
             return ids
         if truncate:
@@ -66,7 +75,7 @@ class PromptBuilder:
 
             def fits(index: int) -> bool:
                 if index not in encoded:
-                    encoded[index] = self.encode([*messages[:kept], *messages[starts[index] :]], tools)
+                    encoded[index] = self.encode([*messages[:kept], *messages[starts[index] :]], tools, options)
                 return len(encoded[index]) < self.context
 
             last = len(starts) - 1

@@ -8,9 +8,9 @@ top-p and min-p in transformers' order. Temperature 0 is greedy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -233,24 +233,31 @@ def filtered_distribution(logits: np.ndarray, params: SamplingParams) -> tuple[n
 
 
 class Sampler:
-    """Chooses the next token of one sequence; owns the sequence's random generator and token counts."""
+    """Chooses the next token of one sequence; owns the sequence's random generator and token counts, and its
+    grammar constraint when the request asked for structured output."""
 
-    def __init__(self, params: SamplingParams, prompt: list[int] | tuple[int, ...], vocab_size: int) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt: list[int] | tuple[int, ...],
+        vocab_size: int,
+        constraint: Constraint | None = None,
+    ) -> None:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         penalised = params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty
         self.counts = TokenCounts(prompt, vocab_size) if penalised else None
+        self.constraint = constraint
+
+    @property
+    def constrained(self) -> bool:
+        """True when a grammar decides which tokens may come (speculative drafts must not be used then)."""
+        return self.constraint is not None
 
     def choose(self, logits: np.ndarray) -> int:
         if self.counts is not None:
             logits = apply_penalties(logits, self.params, self.counts)
-        if self.params.greedy:
-            token = int(np.argmax(logits))
-        else:
-            # An inverse-CDF draw over the candidates in whatever order they come: no sort of the vocabulary.
-            ids, weights = _candidates(logits, self.params)
-            index = _draw(weights, self.rng.random())
-            token = int(index if ids is None else ids[index])
+        token = self._pick(logits) if self.constraint is None else self.constraint.choose(logits, self._pick)
         if self.counts is not None:
             self.counts.add(token)
         return token
@@ -283,3 +290,17 @@ class Sampler:
         if self.counts is not None:
             self.counts.add(token)
         return token
+
+    def _pick(self, logits: np.ndarray) -> int:
+        if self.params.greedy:
+            return int(np.argmax(logits))
+        # An inverse-CDF draw over the candidates in whatever order they come: no sort of the vocabulary.
+        ids, weights = _candidates(logits, self.params)
+        index = _draw(weights, self.rng.random())
+        return int(index if ids is None else ids[index])
+
+
+class Constraint(Protocol):
+    """Decides which tokens may come next (engine/generation/constraint.py); `pick` samples from given logits."""
+
+    def choose(self, logits: np.ndarray, pick: Callable[[np.ndarray], int]) -> int: ...

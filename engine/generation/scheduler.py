@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from engine.channel import Channel
 from engine.errors import EngineError, InferenceError, ModelBusyError
+from engine.generation.constraint import OutputShaping
 from engine.generation.detokenize import OutputStream, TextPiece
 from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
 from engine.generation.prefix_cache import MIN_REUSE_TOKENS, PrefixCache, common_prefix
@@ -111,6 +112,7 @@ class GenerationScheduler:
         wake: object,
         default_sampling: SamplingParams | None = None,
         activity: Callable[[bool], None] | None = None,
+        shaping: OutputShaping | None = None,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -136,6 +138,8 @@ class GenerationScheduler:
         self._prefill_token_s = 0.0  # and the time per token of a prompt chunk
         self._last_was_prefill = False
         self.speculation = {"runs": 0, "proposed": 0, "accepted": 0}  # verification runs and their drafts
+        # Structured output, tool-call arguments and thinking (engine/generation/constraint.py).
+        self.shaping = shaping or OutputShaping(tokenizer, runner.layout.vocab_size, eos_ids)
 
     # caller side (any thread or greenlet)
     def submit(
@@ -297,19 +301,27 @@ class GenerationScheduler:
                 request.channel.close(InferenceError(f"generation could not start: {type(error).__name__}"))
 
     def _start(self, request: GenerationRequest) -> _Sequence:
-        prompt = self.prompts.build(request.messages, request.tools, request.settings.prompt_overflow)
         params = request.params
+        options = self.shaping.template_options(params.enable_thinking)
+        messages = self.shaping.instructed(request.messages, params.output_format, self.context)
+        prompt = self.prompts.build(messages, request.tools, request.settings.prompt_overflow, options)
         sampling = params.sampling or self.default_sampling.with_overrides(dict(params.overrides))
         limit = self.context if params.max_tokens is None else min(self.context, len(prompt) + params.max_tokens)
         capacity = min(self.context, -(-limit // CAPACITY_STEP) * CAPACITY_STEP)
         self._request_count += 1
         now = monotonic()
         seconds = request.settings.max_generation_seconds
-        sampler = Sampler(sampling, prompt, self.runner.layout.vocab_size)
+        tools = [(tool.name, tool.parameters) for tool in request.tools]
+        constraint, opening = self.shaping.for_request(
+            params.output_format, tools, prompt, limit - len(prompt), params.thinking_budget
+        )
+        sampler = Sampler(sampling, prompt, self.runner.layout.vocab_size, constraint)
+        if opening:  # the prompt opened a <think> block: the stream shows the tag the model will not write
+            request.channel.put(TextDelta(opening))
         output = OutputStream(
             self.tokenizer, params.stop, [tool.name for tool in request.tools], f"call_{self._request_count}"
         )
-        speculate = request.settings.speculative_decoding and self.runner.can_rewind
+        speculate = request.settings.speculative_decoding and self.runner.can_rewind and not sampler.constrained
         sequence = _Sequence(
             request=request,
             prompt=prompt,

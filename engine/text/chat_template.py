@@ -21,7 +21,7 @@ import json
 import math
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -650,7 +650,9 @@ class ChatTemplate:
         messages: Sequence[ChatMessage],
         tools: Sequence[ToolSpec] = (),
         add_generation_prompt: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> str:
+        """`options`: extra template variables a request sets (enable_thinking)."""
         template = self.compile(bool(tools))
         context: dict[str, Any] = dict(self.special_tokens)
         context.update(
@@ -658,6 +660,7 @@ class ChatTemplate:
             tools=[t.as_template_dict() for t in tools] or None,
             add_generation_prompt=add_generation_prompt,
         )
+        context.update(options or {})
         budget = _Budget(_measure(context, 1 << 62)[0], len(messages) + len(tools))
         active = _ACTIVE.set(budget)
         try:

@@ -3,7 +3,7 @@ comes from (the model's generation_config.json through SamplingParams, or the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from dify_plugin.entities import I18nObject
 from dify_plugin.entities.model import ParameterRule, ParameterType
@@ -24,6 +24,9 @@ class ParameterSpec:
     high: float | None
     precision: int | None = None
     default: str | None = None
+    options: tuple[str, ...] = ()
+    # Which models show it (a ModelTraits flag): "" every model; "structured_output", "thinks", "thinking_switch".
+    shown_for: str = ""
 
 
 _F, _I = ParameterType.FLOAT, ParameterType.INT
@@ -86,9 +89,47 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     ParameterSpec("seed", _I, "Seed", "Same seed and parameters give the same answer.", 0, 2**31 - 1),
     ParameterSpec("max_tokens", _I, "Max tokens", "Most tokens to generate (bounded by the context window).", 1, None),
+    ParameterSpec(
+        "response_format",
+        ParameterType.STRING,
+        "Response format",
+        "json_object: any JSON object; json_schema: valid against the json_schema parameter. The output is "
+        "constrained token by token, so it always parses.",
+        None,
+        None,
+        options=("text", "json_object", "json_schema"),
+        shown_for="structured_output",
+    ),
+    ParameterSpec(
+        "json_schema",
+        ParameterType.TEXT,
+        "JSON schema",
+        "The JSON schema the answer must be valid against (with response_format json_schema).",
+        None,
+        None,
+        shown_for="structured_output",
+    ),
+    ParameterSpec(
+        "enable_thinking",
+        ParameterType.BOOLEAN,
+        "Thinking",
+        "Let the model think (in a <think> block) before it answers.",
+        None,
+        None,
+        shown_for="thinking_switch",
+    ),
+    ParameterSpec(
+        "thinking_budget",
+        _I,
+        "Thinking budget",
+        "Most tokens the model may think for; the <think> block is then closed.",
+        0,
+        None,
+        shown_for="thinks",
+    ),
 )
-# The request values laid over the model's sampling defaults (all but max_tokens).
-SAMPLING_PARAMETERS = tuple(spec.name for spec in PARAMETERS if spec.name != "max_tokens")
+# The request values laid over the model's sampling defaults.
+SAMPLING_PARAMETERS = tuple(field.name for field in fields(SamplingParams))
 
 
 def _rule(spec: ParameterSpec, default: object, high: float | None) -> ParameterRule:
@@ -102,12 +143,18 @@ def _rule(spec: ParameterSpec, default: object, high: float | None) -> Parameter
         min=spec.low,
         max=high,
         precision=spec.precision,
+        options=list(spec.options),
     )
 
 
-def parameter_rules(defaults: SamplingParams, max_tokens_default: int, context: int) -> list[ParameterRule]:
+def parameter_rules(
+    defaults: SamplingParams, max_tokens_default: int, context: int, shown: frozenset[str] = frozenset()
+) -> list[ParameterRule]:
+    """The rules of a model whose files support the features in `shown` (names of `shown_for`)."""
     rules = []
     for spec in PARAMETERS:
+        if spec.shown_for and spec.shown_for not in shown:
+            continue
         if spec.name == "max_tokens":
             rules.append(_rule(spec, max_tokens_default, context))
         else:

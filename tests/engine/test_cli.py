@@ -107,6 +107,21 @@ def test_chat_streams_the_answer_and_prints_timings() -> None:
     assert "6 generated" in piped.stderr
 
 
+def test_chat_with_a_json_schema_answers_valid_json_and_refuses_an_unenforceable_one(tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "sky": {"enum": ["clear", "rain"]}},
+        "required": ["city", "sky"],
+    }
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    args = ("--temperature", "1", "--seed", "3", "--max-tokens", "40", *ONE_THREAD)
+    done = ok("chat", str(DECODER), "Weather?", "--json-schema", str(tmp_path / "schema.json"), *args)
+    assert json.loads(done.stdout)["sky"] in ("clear", "rain")
+    (tmp_path / "bad.json").write_text('{"not": {}}')
+    refused = engine_cli("chat", str(DECODER), "x", "--json-schema", str(tmp_path / "bad.json"), *ONE_THREAD)
+    assert refused.returncode != 0 and '["not"]' in refused.stderr
+
+
 def test_embed_reports_dimension_norms_and_cosines() -> None:
     done = ok("embed", str(EMBEDDER), "the cat sat", "a cat was sitting", "stock markets fell", *ONE_THREAD)
     rows = fields(done.stdout)

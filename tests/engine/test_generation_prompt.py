@@ -108,8 +108,8 @@ def test_a_thousand_turns_truncate_with_a_few_renders_well_under_a_second(monkey
     encoded: list[tuple[list[ChatMessage], list[int]]] = []
     encode = builder.encode
 
-    def spy(conversation: list[ChatMessage], tools: tuple = ()) -> list[int]:
-        encoded.append((conversation, encode(conversation, tools)))
+    def spy(conversation: list[ChatMessage], tools: tuple = (), options: dict | None = None) -> list[int]:
+        encoded.append((conversation, encode(conversation, tools, options)))
         return encoded[-1][1]
 
     monkeypatch.setattr(builder, "encode", spy)
@@ -136,7 +136,7 @@ def test_a_history_far_longer_than_the_context_is_never_encoded_whole(monkeypatc
     messages = chat(5000)  # ~300,000 characters for a 100-token window
     sizes: list[int] = []
     encode = builder.encode
-    monkeypatch.setattr(builder, "encode", lambda m, t=(): sizes.append(len(m)) or encode(m, t))
+    monkeypatch.setattr(builder, "encode", lambda m, t=(), o=None: sizes.append(len(m)) or encode(m, t, o))
     ids = builder.build(messages)
     assert max(sizes) < 20 and len(sizes) <= 10, sizes  # small conversations only
     kept = next(n for n in sizes if encode([messages[0], *messages[len(messages) - n + 1 :]]) == ids)

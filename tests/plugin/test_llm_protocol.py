@@ -219,7 +219,16 @@ def test_schema_declares_parameters_context_and_tool_features(plugin: PluginProc
     assert rules["max_tokens"]["max"] == 512 and rules["max_tokens"]["default"] == 256
     assert rules["temperature"]["default"] == 0.0  # generation_config.json: do_sample false
     assert schema["model_properties"] == {"mode": "chat", "context_size": 512}
-    assert set(schema["features"]) == {"tool-call", "multi-tool-call", "stream-tool-call"}
+    assert set(schema["features"]) == {
+        "tool-call",
+        "multi-tool-call",
+        "stream-tool-call",
+        "structured-output",
+        "polling",
+    }
+    assert rules["response_format"]["options"] == ["text", "json_object", "json_schema"]
+    assert rules["json_schema"]["type"] == "text"
+    assert "enable_thinking" not in rules and "thinking_budget" not in rules  # its template does not think
 
 
 @pytest.mark.parametrize(
