@@ -175,6 +175,7 @@ def _model_figures(families: _Families, name: str, snapshot: dict[str, Any]) -> 
     generation = snapshot.get("generation")
     if isinstance(generation, dict):
         _generation_figures(families, labels, generation, histograms, queue)
+        _reuse_figures(families, labels, snapshot.get("prefix_cache", {}), snapshot.get("speculative", {}))
     else:
         _encoder_figures(families, labels, snapshot, histograms, queue)
 
@@ -233,6 +234,26 @@ def _encoder_figures(
         ):
             if key in cache:
                 families.gauge(f"embedding_cache_{key}", documentation, MODEL).add_metric(labels, cache[key])
+
+
+def _reuse_figures(families: _Families, labels: list[str], prefix: dict[str, Any], speculative: dict[str, Any]) -> None:
+    """Work a decoder did not redo: prompt KV copied from the prefix cache, draft tokens accepted."""
+    for name, key, documentation in (
+        ("prefix_cache_lookups", "lookups", "Generations that looked for a cached prompt prefix"),
+        ("prefix_cache_hits", "hits", "Generations that reused a cached prompt prefix"),
+        ("prefix_cache_reused_tokens", "reused_tokens", "Prompt tokens whose KV was copied instead of computed"),
+        ("prefix_cache_evictions", "evictions", "Prefix cache entries evicted to stay within prefix_cache_mb"),
+    ):
+        families.counter(name, documentation, MODEL).add_metric(labels, prefix.get(key, 0))
+    families.gauge("prefix_cache_bytes", "Memory held by the prefix cache", MODEL).add_metric(
+        labels, prefix.get("bytes", 0)
+    )
+    for name, key, documentation in (
+        ("speculative_runs", "runs", "Verification runs of speculative drafts"),
+        ("speculative_proposed_tokens", "proposed", "Draft tokens proposed"),
+        ("speculative_accepted_tokens", "accepted", "Draft tokens accepted"),
+    ):
+        families.counter(name, documentation, MODEL).add_metric(labels, speculative.get(key, 0))
 
 
 def _generation_figures(

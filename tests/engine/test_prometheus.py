@@ -171,6 +171,12 @@ def test_the_endpoint_shows_what_the_calls_did(served: tuple[Engine, MetricsServ
     check_histogram(samples, "onnx_local_prompt_tokens", model=DECODER)
     finished = [v for (n, labels), v in samples.items() if n == "onnx_local_generations_finished_total"]
     assert sum(finished) == 3
+    # work not redone: the prefix cache looked up every generation; drafts are counted (their number varies)
+    assert value(samples, "onnx_local_prefix_cache_lookups_total", model=DECODER) == 3
+    assert value(samples, "onnx_local_prefix_cache_reused_tokens_total", model=DECODER) >= 0
+    assert value(samples, "onnx_local_speculative_proposed_tokens_total", model=DECODER) >= value(
+        samples, "onnx_local_speculative_accepted_tokens_total", model=DECODER
+    )
 
     check_dashboard({name for name, _ in samples})
 
