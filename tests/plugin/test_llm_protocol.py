@@ -266,3 +266,22 @@ def test_concurrent_streams_all_complete_with_their_own_text(plugin: PluginProce
         chunks = streams(plugin.collect(session))
         check_chunks(chunks)
         assert text_of(chunks) == expected_text(name)
+
+
+def test_later_turns_and_speculation_keep_the_text_through_the_plugin(plugin: PluginProcess) -> None:
+    """A three-turn chat through the plugin: with the prefix cache (default) and speculative decoding on, every
+    turn's text and usage equal those of another instance with both off."""
+    cached = {**LLM, "model_path": "tiny-qwen2-decoder-genai"}
+    plain = {**cached, "prefix_cache_mb": "0", "speculative_decoding": "off"}
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are terse. " * 8}]
+    for turn in range(3):
+        messages.append({"role": "user", "content": f"Question {turn}: what comes after {turn * 7}?"})
+        got = streams(invoke(plugin, messages, cached))
+        expected = streams(invoke(plugin, messages, plain))
+        check_chunks(got)
+        assert text_of(got) == text_of(expected), turn
+        assert got[-1]["delta"]["usage"] == {
+            **got[-1]["delta"]["usage"],
+            **{key: expected[-1]["delta"]["usage"][key] for key in ("prompt_tokens", "completion_tokens")},
+        }
+        messages.append({"role": "assistant", "content": text_of(got)})
