@@ -41,11 +41,15 @@ log = logging.getLogger(__name__)
 # floats (78 MB for Qwen's 151,936-token vocabulary). Larger chunks measured no faster (1.75 s for 531 tokens at
 # 128, 256 or 512).
 PREFILL_CHUNK = 128
-# While other sequences decode, a prompt chunk is cut to take about this many of their decode steps' time, and
-# decode steps and prompt chunks alternate: a streaming answer's token gap stays about (1 + this) steps while
-# another prompt is read, instead of a whole 128-token chunk (~10 decode steps on 2 cores).
-PREFILL_GAP_STEPS = 1.0
-MIN_PREFILL_CHUNK = 16
+# While other sequences decode, decode steps and prompt chunks alternate and a chunk is cut to take about this
+# many of their decode steps' time: a streaming answer's token gap stays under (1 + this) steps while another
+# prompt is read, instead of a whole 128-token chunk (~35 single-sequence steps on 2 cores). A run costs a fixed
+# part (reading the weights, about one single-sequence step) plus a part per token (Qwen2.5-0.5B int4, 2 cores:
+# ~19 ms + ~6 ms per token), so the cut solves fixed + n x per-token <= this x step.
+PREFILL_GAP_STEPS = 1.7
+MIN_PREFILL_CHUNK = 4
+# Chunks at least this long measure the per-token part.
+TIMED_CHUNK = 8
 # Weight of the newest run in the running estimates of a decode step's time and a prompt token's cost.
 TIMING_WEIGHT = 0.3
 # KV buffers (genai layout) are allocated in multiples of this many positions.
@@ -135,7 +139,8 @@ class GenerationScheduler:
         self.batched_steps = 0  # decode runs that advanced several sequences at once
         self.prefix_cache = PrefixCache(settings.prefix_cache_mb << 20)
         self._decode_step_s = 0.0  # running estimates (worker thread): a decode unit's time,
-        self._prefill_token_s = 0.0  # and the time per token of a prompt chunk
+        self._run_fixed_s = 0.0  # a one-token run of one sequence (the fixed part of any run),
+        self._prefill_token_s = 0.0  # and the time each more token of a prompt chunk adds
         self._last_was_prefill = False
         self.speculation = {"runs": 0, "proposed": 0, "accepted": 0}  # verification runs and their drafts
         # Structured output, tool-call arguments and thinking (engine/generation/constraint.py).
@@ -235,7 +240,7 @@ class GenerationScheduler:
         """Prompt tokens of the next chunk: PREFILL_CHUNK, or while others decode, what fits their gap budget."""
         if not any(not s.prefilling for s in self._active) or not self._prefill_token_s:
             return PREFILL_CHUNK
-        budget = PREFILL_GAP_STEPS * self._decode_step_s / self._prefill_token_s
+        budget = (PREFILL_GAP_STEPS * self._decode_step_s - self._run_fixed_s) / self._prefill_token_s
         return max(MIN_PREFILL_CHUNK, min(PREFILL_CHUNK, int(budget)))
 
     def snapshot(self) -> dict[str, object]:
@@ -419,8 +424,9 @@ class GenerationScheduler:
         if sequence.prefilled < len(sequence.prompt):
             chunk = sequence.prompt[sequence.prefilled : sequence.prefilled + self._chunk_size()]
             logits = self.runner.forward(sequence.cache, chunk)
-            if len(chunk) >= MIN_PREFILL_CHUNK:
-                self._prefill_token_s = _blend(self._prefill_token_s, (monotonic() - started) / len(chunk))
+            if len(chunk) >= TIMED_CHUNK:
+                added = max(0.0, monotonic() - started - self._run_fixed_s) / (len(chunk) - 1)
+                self._prefill_token_s = _blend(self._prefill_token_s, added)
             sequence.prefilled += len(chunk)
             if sequence.prefilled < len(sequence.prompt):
                 if self._past_deadline(sequence, monotonic()):
@@ -430,7 +436,9 @@ class GenerationScheduler:
             return
         else:
             logits = self.runner.forward(sequence.cache, [sequence.last_token])
-            self._decode_step_s = _blend(self._decode_step_s, monotonic() - started)
+            elapsed = monotonic() - started
+            self._decode_step_s = _blend(self._decode_step_s, elapsed)
+            self._run_fixed_s = _blend(self._run_fixed_s, elapsed)
         self._consume(sequence, logits)
 
     def _speculate(self, sequence: _Sequence) -> bool:
