@@ -65,7 +65,14 @@ def _rate(engine: Engine, profile: object, params: GenerationParams) -> tuple[fl
 
 def compare(model_dir: Path, threads: int = 2, runs: int = 5, max_tokens: int = 128) -> dict[str, object]:
     """Median decode tokens/s of `runs` generations each way, and their ratio (one Engine, model loaded once)."""
-    values = {"model_path": model_dir.name, "intra_op_threads": str(threads), "cpu_affinity": "none"}
+    # Speculative decoding off for both: constrained sequences never speculate, and this compares the grammar's
+    # per-token cost, not prompt-lookup drafts (which the unconstrained JSON-in-words answers would get).
+    values = {
+        "model_path": model_dir.name,
+        "intra_op_threads": str(threads),
+        "cpu_affinity": "none",
+        "speculative_decoding": "off",
+    }
     profile = parse_profile(values, "llm", roots=(model_dir.parent.resolve(),))
     output = parse_json_schema(json.dumps(SCHEMA))
     greedy = SamplingParams(temperature=0.0)

@@ -12,6 +12,7 @@ wait in arrival order. Each request streams its events through the channel its c
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,14 @@ class _Sequence:
     def prefilling(self) -> bool:
         return self.prefilled < len(self.prompt)
 
+    @functools.cached_property
+    def prompt_ids(self) -> np.ndarray:
+        return np.asarray(self.prompt, dtype=np.int64)
+
     def cached_tokens(self) -> np.ndarray:
         """The token ids whose KV the cache holds: the prompt, then each output token once it was fed back."""
+        if self.cache.length <= len(self.prompt):
+            return self.prompt_ids[: self.cache.length]
         return np.asarray((self.prompt + self.output_ids)[: self.cache.length], dtype=np.int64)
 
 
@@ -350,7 +357,7 @@ class GenerationScheduler:
         the prompt's last token is left to prefill (its logits choose the first new token)."""
         if not self.prefix_cache.enabled:
             return
-        entry, length = self.prefix_cache.longest(np.asarray(sequence.prompt[:-1], dtype=np.int64))
+        entry, length = self.prefix_cache.longest(sequence.prompt_ids[:-1])
         length = min(length, sequence.cache.capacity)
         if entry is not None and length >= MIN_REUSE_TOKENS:
             self.runner.import_prefix(sequence.cache, entry.block, length)
@@ -364,7 +371,7 @@ class GenerationScheduler:
     def _catch_up(self, sequence: _Sequence) -> int:
         """Copy from a running sequence the KV of prompt positions it has computed and this one has not; returns
         how many positions were copied."""
-        prompt = np.asarray(sequence.prompt[:-1], dtype=np.int64)
+        prompt = sequence.prompt_ids[:-1]
         source, length = None, sequence.prefilled
         for other in self._active:
             if other is not sequence:
@@ -394,14 +401,14 @@ class GenerationScheduler:
             if gained:  # admitted earlier: its lookup was recorded already
                 with self._lock:
                     self.prefix_cache.credit(gained, first=sequence.reused == gained)
-            prompt = np.asarray(sequence.prompt[:-1], dtype=np.int64)
+            prompt = sequence.prompt_ids[:-1]
             for rank, leader in enumerate(prefilling):
                 ahead = leader.prefilled > sequence.prefilled or (
                     leader.prefilled == sequence.prefilled and rank < index
                 )
                 if leader is sequence or not ahead or leader in followers:
                     continue
-                shared = common_prefix(np.asarray(leader.prompt, dtype=np.int64), prompt)
+                shared = common_prefix(leader.prompt_ids, prompt)
                 if shared - sequence.prefilled >= MIN_REUSE_TOKENS:
                     followers.add(sequence)
                     break
