@@ -24,6 +24,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(REPO))
 
+from models_lib.architectures import architecture_of, check_decoder  # noqa: E402
 from models_lib.common import atomic_dir, dir_size, human, say, use_offline_env  # noqa: E402
 from models_lib.hf_meta import DECODER_META, ENCODER_META, copy_meta  # noqa: E402
 
@@ -50,18 +51,25 @@ def convert(args: argparse.Namespace, hf_dir: Path, out: Path) -> None:
 
     task = detect_task(hf_dir) if args.task == "auto" else args.task
     say(f"  task {task}, layout {args.layout}, quantization {args.quantization}")
+    support = None
+    if task == "text-generation":
+        architecture = architecture_of(hf_dir)
+        support = check_decoder(architecture, args.layout)
+        say(f"  architecture {architecture}" + (f" ({support.note})" if support.note else ""))
     if args.layout == "genai":
-        if task != "text-generation":
+        if support is None:
             raise SystemExit("--layout genai is for decoders (text-generation) only")
         precision = {"none": "fp32", "int8": "int8", "int4": "int4"}[args.quantization]
+        builder_python = sys.executable if support.genai_under_tf4 else args.tf5_python
         decoder.build_genai(
             hf_dir,
             out,
-            args.tf5_python,
+            builder_python,
             out.parent / f".{out.name}.log",
             precision,
             args.block_size,
             args.accuracy_level,
+            shim=support.genai_under_tf4,
         )
         return
     variants = () if args.quantization == "none" else (args.quantization,)
