@@ -24,7 +24,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(REPO))
 
-from models_lib.architectures import architecture_of, check_decoder  # noqa: E402
+from models_lib.architectures import architecture_of, check_architecture  # noqa: E402
 from models_lib.common import atomic_dir, dir_size, human, say, use_offline_env  # noqa: E402
 from models_lib.hf_meta import DECODER_META, ENCODER_META, copy_meta  # noqa: E402
 
@@ -51,10 +51,9 @@ def convert(args: argparse.Namespace, hf_dir: Path, out: Path) -> None:
 
     task = detect_task(hf_dir) if args.task == "auto" else args.task
     say(f"  task {task}, layout {args.layout}, quantization {args.quantization}")
-    support = None
-    if task == "text-generation":
-        architecture = architecture_of(hf_dir)
-        support = check_decoder(architecture, args.layout)
+    architecture = architecture_of(hf_dir)
+    support = check_architecture(architecture, args.layout, decoder=task == "text-generation")
+    if support is not None:
         say(f"  architecture {architecture}" + (f" ({support.note})" if support.note else ""))
     if args.layout == "genai":
         if support is None:

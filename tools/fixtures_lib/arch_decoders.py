@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from models_lib.architectures import VERIFIED, architecture_of
 from tokenizers import Tokenizer, processors
 from transformers import (
     AutoModelForCausalLM,
@@ -36,6 +37,7 @@ from .qwen_decoder import CHAT_TEMPLATE as CHATML_TEMPLATE
 from .qwen_decoder import HF_FILES, MAX_NEW_TOKENS, PROMPTS, check_greedy, eos_case, greedy_case
 from .tokenizers_build import ENDOFTEXT, IM_END, PAD
 
+TF5_PYTHON = str(Path(__file__).resolve().parents[2] / ".venv-tools-tf5" / "bin" / "python")
 VOCAB_SIZE = 1040  # the shared BPE (≤ 1024 ids) plus each family's special tokens, rounded up
 MAX_POSITIONS = 512
 SLIDING_WINDOW = 16  # shorter than every reference prompt, so the window is exercised
@@ -137,12 +139,19 @@ def gemma3(ids: dict[str, int]) -> PretrainedConfig:
 
 
 def phi3(ids: dict[str, int]) -> PretrainedConfig:
-    # Phi-4-mini: partial rotary (0.75 of head_dim: 12 of 16), GQA, tied embeddings, LongRoPE (the short factors
+    # Phi-4-mini: partial rotary (0.75 of head_dim: 48 of 64), GQA, tied embeddings, LongRoPE (the short factors
     # apply below original_max_position_embeddings, and the attention scale grows with max / original);
-    # fused qkv / gate_up projections.
-    rotary_half = 6
+    # fused qkv / gate_up projections. head_dim 64 (hidden / heads): GroupQueryAttention's rotary cache needs
+    # rotary_dim / 2 to be a multiple of 8.
+    rotary_half = 24
     return Phi3Config(
-        **_common(ids, PHI3),
+        **{
+            **_common(ids, PHI3),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+        },
         partial_rotary_factor=0.75,
         tie_word_embeddings=True,
         rope_theta=10000.0,
@@ -150,8 +159,8 @@ def phi3(ids: dict[str, int]) -> PretrainedConfig:
         original_max_position_embeddings=MAX_POSITIONS // 4,
         rope_scaling={
             "type": "longrope",
-            "short_factor": [1.0 + 0.5 * i for i in range(rotary_half)],
-            "long_factor": [2.0 + i for i in range(rotary_half)],
+            "short_factor": [1.0 + 0.1 * i for i in range(rotary_half)],
+            "long_factor": [2.0 + 0.2 * i for i in range(rotary_half)],
         },
         architectures=["Phi3ForCausalLM"],
     )
@@ -315,7 +324,9 @@ def build_family(bpe: Tokenizer, family: Family, work: Path, out_root: Path) -> 
     copy_files(hf_dir, out, [*HF_FILES, "chat_template.jinja"])
     write_json(out / "expected_greedy.json", expected)
     genai = out_root / f"tiny-{family.name}-decoder-genai"
-    build_genai(hf_dir, work / f"{family.name}-genai", genai, expected, int4=False)
+    # The builder under the transformers version convert.py uses for this architecture.
+    tf5_python = None if VERIFIED[architecture_of(hf_dir)].genai_under_tf4 else TF5_PYTHON
+    build_genai(hf_dir, work / f"{family.name}-genai", genai, expected, int4=False, tf5_python=tf5_python)
     write_json(genai / "expected_greedy.json", expected)
 
 

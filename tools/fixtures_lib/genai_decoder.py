@@ -30,8 +30,10 @@ def builder_input(hf_dir: Path, work: Path) -> Path:
     return dst
 
 
-def run_builder(src: Path, dst: Path, precision: str, cache: Path) -> None:
-    cmd = [sys.executable, str(SHIM), "-i", str(src), "-o", str(dst), "-p", precision, "-e", "cpu", "-c", str(cache)]
+def run_builder(src: Path, dst: Path, precision: str, cache: Path, tf5_python: str | None = None) -> None:
+    """The builder under this env's transformers 4.57 through the shim, or under `tf5_python`'s transformers 5."""
+    builder = [tf5_python, "-m", "onnxruntime_genai.models.builder"] if tf5_python else [sys.executable, str(SHIM)]
+    cmd = [*builder, "-i", str(src), "-o", str(dst), "-p", precision, "-e", "cpu", "-c", str(cache)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"genai builder ({precision}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -53,18 +55,22 @@ def save_single_file(src: Path, dst: Path) -> None:
     onnx.save_model(model, str(dst), save_as_external_data=False)
 
 
-def build_genai(hf_dir: Path, work: Path, out: Path, expected: dict[str, Any], int4: bool = True) -> None:
-    """`work` is this build's scratch directory (one per checkpoint); `int4` adds model_int4.onnx."""
+def build_genai(
+    hf_dir: Path, work: Path, out: Path, expected: dict[str, Any], int4: bool = True, tf5_python: str | None = None
+) -> None:
+    """`work` is this build's scratch directory (one per checkpoint); `int4` adds model_int4.onnx; `tf5_python`
+    runs the builder under transformers 5 (see run_builder)."""
     src = builder_input(hf_dir, work)
-    fp32, int4 = work / "genai-fp32", work / "genai-int4"
-    run_builder(src, fp32, "fp32", work / "genai-cache")
+    fp32, int4_dir = work / "genai-fp32", work / "genai-int4"
+    run_builder(src, fp32, "fp32", work / "genai-cache", tf5_python)
     copy_files(fp32, out, BUILDER_FILES)
     # The original (transformers 4.57) config and our tokenizer files, not the builder's copies.
     copy_files(hf_dir, out, [*HF_FILES, "chat_template.jinja"])
     shape = decoder_shape(out / "genai_config.json")
     # genai's shared-buffer mode (past preallocated to max_length), then a past that grows like Optimum's (not
     # with a sliding window: its layers' KV buffers must hold at least the window from the start).
-    windowed = "sliding_window" in json.loads((out / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+    decoder = json.loads((out / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+    windowed = "sliding_window" in decoder
     for max_length in (shape["max_length"],) if windowed else (shape["max_length"], 0):
         check_greedy(out / "model.onnx", expected, **{**shape, "max_length": max_length})
     check_genai_runtime(out, expected)
@@ -72,8 +78,8 @@ def build_genai(hf_dir: Path, work: Path, out: Path, expected: dict[str, Any], i
         return
 
     # int4 (MatMulNBits, RTN block 32): only checked to run; its tokens may differ from fp32.
-    run_builder(src, int4, "int4", work / "genai-cache")
-    save_single_file(int4 / "model.onnx", out / "model_int4.onnx")
+    run_builder(src, int4_dir, "int4", work / "genai-cache", tf5_python)
+    save_single_file(int4_dir / "model.onnx", out / "model_int4.onnx")
     check_runs(out / "model_int4.onnx", expected, shape)
 
 

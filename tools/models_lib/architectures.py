@@ -67,17 +67,20 @@ def architecture_of(hf_dir: Path) -> str:
     return names[0] if names else f"(no architectures in config.json; model_type {config.get('model_type')!r})"
 
 
-def check_decoder(architecture: str, layout: str) -> Support:
-    """The support entry, or SystemExit naming the architecture, the reason and what is supported."""
+def check_architecture(architecture: str, layout: str, decoder: bool) -> Support | None:
+    """A decoder's support entry (None for an encoder), or SystemExit naming the architecture, the reason and
+    what is supported."""
     if architecture in REFUSED:
         raise SystemExit(f"{architecture} cannot be converted: {REFUSED[architecture]}")
+    if not decoder:
+        return None
     support = VERIFIED.get(architecture)
-    supported = ", ".join(sorted(VERIFIED))
     if support is None:
         if layout == "genai":
             raise SystemExit(
-                f"the onnxruntime-genai builder path is not verified for {architecture} (supported: {supported}); "
-                "use --layout optimum, which exports any architecture Optimum knows"
+                f"the onnxruntime-genai builder path is not verified for {architecture} "
+                f"(supported: {', '.join(sorted(VERIFIED))}); use --layout optimum, which exports any architecture "
+                "Optimum knows"
             )
-        return Support(optimum=True, genai=False, note="not verified: check the output against transformers")
+        return Support(optimum=True, genai=False, note="not verified here: check its output against transformers")
     return support
