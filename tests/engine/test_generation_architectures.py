@@ -19,7 +19,8 @@ from engine.api import Engine
 from engine.generation.events import Finished, GenerationParams
 from engine.generation.sampling import SamplingParams
 from engine.settings.profile import RuntimeProfile, parse_profile
-from engine.text.messages import ChatMessage, ToolCall, ToolSpec
+from engine.text.messages import ToolSpec
+from tests.engine.test_generation_engine import messages_of
 
 ROOT = (Path(__file__).resolve().parents[1] / "fixtures" / "models").resolve()
 FAMILIES = ("llama", "gemma3", "phi3", "qwen3", "mistral")
@@ -34,19 +35,9 @@ def expected(fixture: str) -> dict[str, Any]:
 CASES = [(fixture, case["name"]) for fixture in FIXTURES for case in expected(fixture)["cases"]]
 
 
-def profile(fixture: str, mode: str) -> RuntimeProfile:
-    return parse_profile({"model_path": fixture, "intra_op_threads": "1", "mode": mode}, "llm", roots=(ROOT,))
-
-
-def messages_of(case: dict[str, Any]) -> list[ChatMessage]:
-    out = []
-    for m in case["messages"]:
-        calls = tuple(
-            ToolCall(f"c{i}", c["function"]["name"], json.dumps(c["function"]["arguments"]))
-            for i, c in enumerate(m.get("tool_calls", []))
-        )
-        out.append(ChatMessage(m["role"], m["content"], calls))
-    return out
+def profile(fixture: str, mode: str, **values: str) -> RuntimeProfile:
+    values = {"model_path": fixture, "intra_op_threads": "1", "mode": mode, **values}
+    return parse_profile(values, "llm", roots=(ROOT,))
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +79,35 @@ def test_model_info_reports_the_architectures_geometry(engine: Engine, fixture: 
     assert details["kv_heads"] == config["num_key_value_heads"]
     assert details["head_dim"] == head_dim
     assert details["eos_token_ids"] == sorted(expected(fixture)["eos_token_ids"])
+
+
+@pytest.mark.parametrize("fixture", [f for f in FIXTURES if "gemma3" in f or "mistral" in f])
+def test_sliding_window_survives_chunked_prefill(engine: Engine, fixture: str, monkeypatch) -> None:
+    # Prefill chunks shorter than the window (16), then longer: the window must slide across chunk borders.
+    from engine.generation import scheduler
+
+    reference = expected(fixture)
+    case = next(c for c in reference["cases"] if c["name"] == "system_user")
+    params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=reference["generate"]["max_new_tokens"])
+    for chunk in (5, 24):
+        monkeypatch.setattr(scheduler, "PREFILL_CHUNK", chunk)
+        finished = list(engine.generate(profile(fixture, "chat"), messages_of(case), params))[-1]
+        assert list(finished.output_ids) == case["output_ids"], chunk
+
+
+@pytest.mark.parametrize("fixture", ["tiny-gemma3-decoder-genai", "tiny-mistral-decoder-genai"])
+def test_genai_sliding_window_layers_get_at_least_a_window_of_cache(engine: Engine, fixture: str) -> None:
+    # One sequence at a time: no shared pool (whose slots are long anyway), every cache sized to its request.
+    prof = profile(fixture, "chat", max_concurrent_sequences="1")
+    case = next(c for c in expected(fixture)["cases"] if c["name"] == "user_only")
+    params = GenerationParams(SamplingParams(temperature=0.0), max_tokens=2)
+    finished = list(engine.generate(prof, messages_of(case), params))[-1]  # a cache of prompt + 2 positions
+    assert list(finished.output_ids) == case["output_ids"][:2]
+    runner = engine.registry.get(prof).scheduler.runner
+    assert runner.layout.min_cache_positions == 16
+    cache = runner.new_cache(4)  # GroupQueryAttention refuses a sliding layer's buffer shorter than the window
+    try:
+        assert cache.capacity >= 16
+        assert runner.forward(cache, [5, 6, 7]).shape[-1] == runner.layout.vocab_size
+    finally:
+        runner.release(cache)

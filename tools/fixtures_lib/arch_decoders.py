@@ -34,7 +34,7 @@ from .common import copy_files, write_json, write_text
 from .export import export_onnx
 from .genai_decoder import build_genai
 from .qwen_decoder import CHAT_TEMPLATE as CHATML_TEMPLATE
-from .qwen_decoder import HF_FILES, MAX_NEW_TOKENS, PROMPTS, check_greedy, eos_case, greedy_case
+from .qwen_decoder import HF_FILES, MAX_NEW_TOKENS, PROMPTS, check_greedy, eos_case, greedy_case, greedy_new_ids
 from .tokenizers_build import ENDOFTEXT, IM_END, PAD
 
 TF5_PYTHON = str(Path(__file__).resolve().parents[2] / ".venv-tools-tf5" / "bin" / "python")
@@ -262,15 +262,7 @@ def completion_case(model: Any, hf_tok: PreTrainedTokenizerFast, gen_cfg: Genera
     """A base-model call: the text through the tokenizer with its special tokens (BOS where the family has one),
     as the engine's completion mode encodes one user message."""
     ids = hf_tok(COMPLETION_PROMPT)["input_ids"]
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            generation_config=gen_cfg,
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-        )
-    new = out[0, len(ids) :].tolist()
+    new = greedy_new_ids(model, ids, gen_cfg)
     return {
         "name": "completion",
         "mode": "completion",
