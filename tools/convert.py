@@ -47,7 +47,6 @@ def detect_task(hf_dir: Path) -> str:
 
 def convert(args: argparse.Namespace, hf_dir: Path, out: Path) -> None:
     from models_lib import decoder
-    from models_lib.export import export_to, quantize_variants, remove_fp32
 
     task = detect_task(hf_dir) if args.task == "auto" else args.task
     say(f"  task {task}, layout {args.layout}, quantization {args.quantization}")
@@ -70,7 +69,21 @@ def convert(args: argparse.Namespace, hf_dir: Path, out: Path) -> None:
             args.accuracy_level,
             shim=support.genai_under_tf4,
         )
-        return
+    else:
+        export_optimum(args, hf_dir, out, task)
+    if support is not None and not has_chat_template(out):
+        say("  no chat template: a base model; load it with mode=completion (chat mode is refused)")
+
+
+def has_chat_template(out: Path) -> bool:
+    tokenizer_config = out / "tokenizer_config.json"
+    inline = tokenizer_config.is_file() and json.loads(tokenizer_config.read_text()).get("chat_template")
+    return bool(inline) or (out / "chat_template.jinja").is_file()
+
+
+def export_optimum(args: argparse.Namespace, hf_dir: Path, out: Path, task: str) -> None:
+    from models_lib.export import export_to, quantize_variants, remove_fp32
+
     variants = () if args.quantization == "none" else (args.quantization,)
     onnx_dir = out / "onnx"
     export_to(hf_dir, TASKS[task], onnx_dir)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from engine.api import Engine
+from engine.errors import ModelLoadError
 from engine.generation.events import Finished, GenerationParams
 from engine.generation.sampling import SamplingParams
 from engine.settings.profile import parse_profile
@@ -106,5 +107,9 @@ def test_base_model_gguf_without_a_chat_template(inputs: Path, tmp_path: Path, l
     assert not (out / "chat_template.jinja").exists()
     check_generation(out, json.loads((inputs / "expected" / "llama-base.json").read_text(encoding="utf-8")))
     # Chat mode on a base model is refused at load, naming the setting to change.
-    with pytest.raises(Exception, match="set mode to completion"):
-        Engine().model_info(parse_profile({"model_path": out.name, "mode": "chat"}, "llm", roots=(out.parent,)))
+    engine = Engine()
+    try:
+        with pytest.raises(ModelLoadError, match="set mode to completion"):
+            engine.model_info(parse_profile({"model_path": out.name, "mode": "chat"}, "llm", roots=(out.parent,)))
+    finally:
+        engine.close()
