@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,11 @@ def run_builder(src: Path, dst: Path, precision: str, cache: Path, tf5_python: s
     """The builder under this env's transformers 4.57 through the shim, or under `tf5_python`'s transformers 5."""
     builder = [tf5_python, "-m", "onnxruntime_genai.models.builder"] if tf5_python else [sys.executable, str(SHIM)]
     cmd = [*builder, "-i", str(src), "-o", str(dst), "-p", precision, "-e", "cpu", "-c", str(cache)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The builder stamps producer_version with `git rev-parse HEAD` run beside its own files: inside a checkout (a
+    # venv symlinked into one) that is whatever commit the checkout is at. Without a repository it falls back to
+    # the wheel's own commit, which keeps the bytes stable.
+    env = {**os.environ, "GIT_DIR": os.devnull}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"genai builder ({precision}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
