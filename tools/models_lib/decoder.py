@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -133,6 +134,9 @@ def build_genai(
                     *extra,
                 ],
                 log_path,
+                # Without a repository the builder stamps producer_version with its wheel's commit, not with the
+                # commit of whatever checkout the venv lives in.
+                env={"GIT_DIR": os.devnull},
             )
     copy_meta(hf_dir, out, DECODER_META)  # our tokenizer (tf5, lossless) and the original config
     if not (out / "genai_config.json").is_file():
