@@ -24,6 +24,7 @@ help:
 	@echo "make bench-coloc  chat LLM + embedder in one plugin process: defaults vs hand-tuned vs naive (needs make models)"
 	@echo "make soak         thousands of mixed requests + overload + injected faults through the plugin: lost, duplicated, misclassed, heartbeats, RSS (SOAK_ARGS=\"--models tiny\")"
 	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"
+	@echo "make test-convert  tools/convert.py on tiny checkpoints of every supported decoder family + a base-model GGUF (minutes)"
 
 setup: $(STAMP)
 

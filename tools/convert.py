@@ -24,6 +24,7 @@ REPO = TOOLS.parent
 sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(REPO))
 
+from models_lib.architectures import architecture_of, check_architecture  # noqa: E402
 from models_lib.common import atomic_dir, dir_size, human, say, use_offline_env  # noqa: E402
 from models_lib.hf_meta import DECODER_META, ENCODER_META, copy_meta  # noqa: E402
 
@@ -46,24 +47,43 @@ def detect_task(hf_dir: Path) -> str:
 
 def convert(args: argparse.Namespace, hf_dir: Path, out: Path) -> None:
     from models_lib import decoder
-    from models_lib.export import export_to, quantize_variants, remove_fp32
 
     task = detect_task(hf_dir) if args.task == "auto" else args.task
     say(f"  task {task}, layout {args.layout}, quantization {args.quantization}")
+    architecture = architecture_of(hf_dir)
+    support = check_architecture(architecture, args.layout, decoder=task == "text-generation")
+    if support is not None:
+        say(f"  architecture {architecture}" + (f" ({support.note})" if support.note else ""))
     if args.layout == "genai":
-        if task != "text-generation":
+        if support is None:
             raise SystemExit("--layout genai is for decoders (text-generation) only")
         precision = {"none": "fp32", "int8": "int8", "int4": "int4"}[args.quantization]
+        builder_python = sys.executable if support.genai_under_tf4 else args.tf5_python
         decoder.build_genai(
             hf_dir,
             out,
-            args.tf5_python,
+            builder_python,
             out.parent / f".{out.name}.log",
             precision,
             args.block_size,
             args.accuracy_level,
+            shim=support.genai_under_tf4,
         )
-        return
+    else:
+        export_optimum(args, hf_dir, out, task)
+    if support is not None and not has_chat_template(out):
+        say("  no chat template: a base model; load it with mode=completion (chat mode is refused)")
+
+
+def has_chat_template(out: Path) -> bool:
+    tokenizer_config = out / "tokenizer_config.json"
+    inline = tokenizer_config.is_file() and json.loads(tokenizer_config.read_text()).get("chat_template")
+    return bool(inline) or (out / "chat_template.jinja").is_file()
+
+
+def export_optimum(args: argparse.Namespace, hf_dir: Path, out: Path, task: str) -> None:
+    from models_lib.export import export_to, quantize_variants, remove_fp32
+
     variants = () if args.quantization == "none" else (args.quantization,)
     onnx_dir = out / "onnx"
     export_to(hf_dir, TASKS[task], onnx_dir)

@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_all(out: Path) -> None:
     # Heavy imports after the environment is fixed (offline flags, hash seed).
-    from fixtures_lib import bert_models, corpus, genai_decoder, qwen_decoder, tokenizers_build
+    from fixtures_lib import arch_decoders, bert_models, corpus, genai_decoder, qwen_decoder, tokenizers_build
     from fixtures_lib.common import make_deterministic, write_sums
 
     make_deterministic(0)
@@ -77,6 +77,7 @@ def build_all(out: Path) -> None:
         xlmr_models.build_cross_encoder(unigram, work, out / "tiny-xlmr-cross-encoder")
         llm_reranker.build_llm_reranker(work, out / "tiny-qwen3-reranker")
         build_thinking_fixtures(out)
+        arch_decoders.build_all(bpe, work, out)  # Llama 3, Gemma 3, Phi-3, Qwen3, Mistral
     write_sums(out)
 
 
@@ -89,9 +90,10 @@ def build_thinking_fixtures(out: Path) -> None:
 
 def clear_generated(out: Path) -> None:
     """Removes previous outputs so stale files cannot linger (only our own names: --out may be wrong)."""
+    from fixtures_lib.arch_decoders import model_dirs
     from fixtures_lib.common import SUMS_FILE
 
-    for name in MODEL_DIRS:
+    for name in (*MODEL_DIRS, *model_dirs()):
         shutil.rmtree(out / name, ignore_errors=True)
     (out / SUMS_FILE).unlink(missing_ok=True)
 

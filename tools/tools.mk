@@ -17,7 +17,7 @@ PYTHON311 ?= $(shell \
 		ls -d "$$(pyenv root)"/versions/3.11.*/bin/python3.11 2>/dev/null | sort -V | tail -n 1; \
 	fi)
 
-.PHONY: tools-env fixtures fixtures-check
+.PHONY: tools-env fixtures fixtures-check test-convert
 
 tools-env: $(TOOLS_STAMP)
 
@@ -39,3 +39,8 @@ fixtures: $(TOOLS_STAMP)
 # Rebuilds into a temp dir and compares every file's sha256 with the committed tree.
 fixtures-check: $(TOOLS_STAMP)
 	$(TOOLS_PY) tools/make_test_models.py --out $(FIXTURES_DIR) --check
+
+# tools/convert.py end to end: a tiny checkpoint of every supported decoder family in both layouts and a base-model
+# GGUF, converted and checked through the engine against Hugging Face generate (minutes; needs .venv-tools-tf5 too).
+test-convert: $(TOOLS_STAMP)
+	ONNX_LOCAL_TEST_CONVERT=1 .venv/bin/python -m pytest tests/tools -v -rs

@@ -31,6 +31,9 @@ class KvLayout:
     present_names: tuple[tuple[str, str], ...]  # (key, value) output names per layer
     vocab_size: int
     max_positions: int | None  # the model's own limit (config), before the profile's context_size
+    # Fewest positions a genai KV buffer may have: GroupQueryAttention's sliding-window layers (Gemma 3, Mistral)
+    # refuse a cache smaller than their window.
+    min_cache_positions: int = 0
 
 
 def _int(config: dict[str, Any], *keys: str) -> int | None:
@@ -82,6 +85,8 @@ def read_kv_layout(session: ort.InferenceSession, directory: Path, layout: str) 
         head_dim = _int(decoder, "head_size")
         vocab = _int(genai, "vocab_size") or _int(config, "vocab_size")
         max_positions = _int(genai, "context_length") or _int(config, "max_position_embeddings")
+        window = decoder.get("sliding_window")
+        min_cache = (_int(window, "window_size") or 0) if isinstance(window, dict) else 0
     else:
         source = "config.json"
         layers = _int(config, "num_hidden_layers", "n_layer", "num_layers")
@@ -91,6 +96,7 @@ def read_kv_layout(session: ort.InferenceSession, directory: Path, layout: str) 
         head_dim = _int(config, "head_dim") or (hidden // heads if hidden and heads else None)
         vocab = _int(config, "vocab_size")
         max_positions = _int(config, "max_position_embeddings", "n_positions", "max_sequence_length")
+        min_cache = 0  # Optimum graphs mask the window themselves over a past that grows
     # Graph shapes fill in what the config lacks; where both exist they must agree.
     kv_heads = kv_heads or _static(first, 1)
     head_dim = head_dim or _static(first, 3)
@@ -122,6 +128,7 @@ def read_kv_layout(session: ort.InferenceSession, directory: Path, layout: str) 
         present_names=present,
         vocab_size=vocab,
         max_positions=max_positions,
+        min_cache_positions=min_cache,
     )
 
 

@@ -196,6 +196,7 @@ class GenaiRunner:
 
     def new_cache(self, capacity: int) -> KvCache:
         """A slot of the shared pool when the sequence fits one (batched decode), else buffers of its own."""
+        capacity = max(capacity, self.layout.min_cache_positions)  # a sliding window's minimum
         if self._slots and capacity <= self._slot_capacity:
             if self._pool is None:
                 self._pool = SlotPool(self.session, self.layout, self._slots, self._slot_capacity)

@@ -133,6 +133,19 @@ def save_checkpoint(tok: Tokenizer, hf_dir: Path) -> tuple[Qwen2ForCausalLM, Pre
     return model, hf_tok
 
 
+def greedy_new_ids(model: Any, ids: list[int], gen_cfg: GenerationConfig) -> list[int]:
+    """transformers' greedy `generate` from the prompt ids: the new ids, with the EOS that ended it."""
+    with torch.no_grad():
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            generation_config=gen_cfg,
+            do_sample=False,
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
+    return out[0, len(ids) :].tolist()
+
+
 def greedy_case(
     model: Qwen2ForCausalLM, hf_tok: PreTrainedTokenizerFast, gen_cfg: GenerationConfig, case: dict[str, Any]
 ) -> dict[str, Any]:
@@ -143,15 +156,7 @@ def greedy_case(
         case["messages"], tools=case.get("tools"), add_generation_prompt=True, tokenize=False
     )
     ids = hf_tok(text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        out = model.generate(
-            torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            generation_config=gen_cfg,
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-        )
-    new = out[0, len(ids) :].tolist()
+    new = greedy_new_ids(model, ids, gen_cfg)
     return {
         **case,
         "prompt": text,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
+from models_lib.architectures import builder_config
 from models_lib.common import run, step, write_json
 from models_lib.export import export_to, quantize_variants, remove_fp32
 from models_lib.hf_meta import DECODER_META, copy_meta
@@ -20,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # engine.quantize: the plugin's own quantization code
 
 TOKENIZER_SCRIPT = Path(__file__).with_name("tf5_tokenizer.py")
+BUILDER_SHIM = REPO / "tools" / "fixtures_lib" / "genai_builder_shim.py"
 _TOKENIZER_JUNK = ("is_local", "local_files_only")
+CHATML_BOS_IS_EOS = ("qwen2", "qwen3")
 
 
 def gguf_to_hf(gguf: Path, out: Path, tf5_python: str, expect_tokens: list[str], log_path: Path) -> None:
@@ -32,12 +36,14 @@ def gguf_to_hf(gguf: Path, out: Path, tf5_python: str, expect_tokens: list[str],
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         model.save_pretrained(str(out), safe_serialization=True)
         generation = model.generation_config if model.generation_config is not None else GenerationConfig()
+        model_type = model.config.model_type
         del model
         gc.collect()
     generation.do_sample = False  # greedy by default; users set sampling per request
-    # ChatML models end a turn with <|im_end|> but may also emit <|endoftext|> (the upstream config stops on both).
+    # Qwen's ChatML models end a turn with <|im_end|> but may also emit <|endoftext|>, which its GGUF names as BOS
+    # (the upstream config stops on both). Other families' BOS starts a text and must never end one.
     eos, bos = generation.eos_token_id, generation.bos_token_id
-    if isinstance(eos, int) and isinstance(bos, int) and bos != eos:
+    if model_type in CHATML_BOS_IS_EOS and isinstance(eos, int) and isinstance(bos, int) and bos != eos:
         generation.eos_token_id = [eos, bos]
     generation.save_pretrained(str(out))
     with step("tokenizer (transformers 5 conversion)"):
@@ -73,17 +79,14 @@ def export_optimum(
 
 
 def genai_input(hf_dir: Path, work: Path) -> Path:
-    """A view of the checkpoint for the genai 0.18 builder: it iterates config.rope_scaling, which transformers
-    4.57 writes as null for plain RoPE ({"rope_type": "default"} is equivalent). Weights are symlinked."""
+    """A view of the checkpoint for the genai 0.18 builder, with the config it needs (architectures.builder_config).
+    Weights are symlinked."""
     view = work / "genai-input"
     view.mkdir(parents=True)
     for item in hf_dir.iterdir():
         if item.name != "config.json":
             (view / item.name).symlink_to(item.resolve())
-    config = json.loads((hf_dir / "config.json").read_text())
-    if not config.get("rope_scaling"):
-        config["rope_scaling"] = {"rope_type": "default"}
-    write_json(view / "config.json", config)
+    write_json(view / "config.json", builder_config(json.loads((hf_dir / "config.json").read_text())))
     return view
 
 
@@ -95,8 +98,10 @@ def build_genai(
     precision: str = "int4",
     block_size: int = 32,
     accuracy_level: int = 4,
+    shim: bool = False,
 ) -> None:
-    """onnxruntime-genai builder: GroupQueryAttention graph + genai_config.json."""
+    """onnxruntime-genai builder: GroupQueryAttention graph + genai_config.json. `shim`: `python` is the
+    transformers-4.57 tools env, which runs the builder through the fixtures' import shim."""
     with tempfile.TemporaryDirectory(prefix="genai-", dir=out.parent) as tmp:
         work = Path(tmp)
         view = genai_input(hf_dir, work)
@@ -115,8 +120,7 @@ def build_genai(
             run(
                 [
                     tf5_python,
-                    "-m",
-                    "onnxruntime_genai.models.builder",
+                    *([str(BUILDER_SHIM)] if shim else ["-m", "onnxruntime_genai.models.builder"]),
                     "-i",
                     str(view),
                     "-o",
@@ -130,6 +134,9 @@ def build_genai(
                     *extra,
                 ],
                 log_path,
+                # Without a repository the builder stamps producer_version with its wheel's commit, not with the
+                # commit of whatever checkout the venv lives in.
+                env={"GIT_DIR": os.devnull},
             )
     copy_meta(hf_dir, out, DECODER_META)  # our tokenizer (tf5, lossless) and the original config
     if not (out / "genai_config.json").is_file():

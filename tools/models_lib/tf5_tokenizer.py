@@ -2,7 +2,8 @@
 
 transformers 4.57.6 converts the Qwen GGUF tokenizer lossily (`<tool_call>` becomes 5 BPE pieces); 5.23 keeps
 every added token. Writes tokenizer.json, tokenizer_config.json (with the chat template inlined, for loaders
-that only read that file) and chat_template.jinja into OUT, then checks that the special tokens are single ids.
+that only read that file) and chat_template.jinja (when the GGUF has a template: base models have none) into
+OUT, then checks that the special tokens are single ids.
 
 usage: python tf5_tokenizer.py GGUF_FILE OUT_DIR [--expect TOKEN=ID ...]
 """
@@ -32,14 +33,15 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(args.out))
     template = tokenizer.chat_template
-    if not isinstance(template, str) or not template:
-        print("the GGUF has no chat template", file=sys.stderr)
-        return 1
-    (args.out / "chat_template.jinja").write_text(template, encoding="utf-8")
-    config_path = args.out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["chat_template"] = template
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if isinstance(template, str) and template:
+        (args.out / "chat_template.jinja").write_text(template, encoding="utf-8")
+        config_path = args.out / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    else:
+        # A base model: nothing to chat with, but it completes text (the plugin's mode=completion).
+        print("no chat template in the GGUF: a base model, load it with mode=completion", file=sys.stderr)
 
     from tokenizers import Tokenizer  # the runtime's view of the file, not transformers'
 
