@@ -254,6 +254,9 @@ def concurrent(
             else None,
             "all_decoding_seconds": max(0.0, together_to - together_from),
             "aggregate_decode_tokens_per_s": tokens / window,
+            # Each stream's decode rate summed: the rate the streams decode at together, as a static batch's
+            # rows do, without the staggered prefill and the early finishers that the window above includes.
+            "sum_of_stream_decode_tokens_per_s": sum(r["decode_tokens_per_s"] for r in done),
             "tokens_per_s_prefill_included": tokens / wall,
             "per_stream_decode_tokens_per_s": [r["decode_tokens_per_s"] for r in done],
             "ttft_s": [r["ttft_s"] for r in done],
@@ -322,18 +325,24 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     for row in result["multi_turn"]:
         key = row["config"].replace(" ", "_")
         out[f"{key}_turn2_vs_turn1"], out[f"{key}_turn3_vs_turn1"] = row["ttft_vs_turn1"][1:3]
-    # Throughput goals: chats arriving together (a static batch's situation); gaps: chats arriving apart.
+    # Throughput goals: chats arriving together (a static batch's situation), per-stream decode rates summed,
+    # and the first-to-last-token aggregate beside them.
     by_streams = {r["streams"]: r for r in result["together"]}
-    one = by_streams.get(1, {}).get("aggregate_decode_tokens_per_s")
-    for count in (2, 4, 8):
-        rate = by_streams.get(count, {}).get("aggregate_decode_tokens_per_s")
-        if rate and one:
-            out[f"streams{count}_vs_one"] = rate / one
-    rate8 = by_streams.get(8, {}).get("aggregate_decode_tokens_per_s")
-    if rate8 and result.get("bare_batch"):
-        out["streams8_vs_bare"] = rate8 / result["bare_batch"]["decode_tokens_per_s"]
-    if result["concurrent"]:
-        out["worst_gap_over_median"] = max(max(r["max_gap_over_median"]) for r in result["concurrent"])
+    bare = (result.get("bare_batch") or {}).get("decode_tokens_per_s")
+    for metric, key in (("sum", "sum_of_stream_decode_tokens_per_s"), ("window", "aggregate_decode_tokens_per_s")):
+        one = by_streams.get(1, {}).get(key)
+        for count in (2, 4, 8):
+            rate = by_streams.get(count, {}).get(key)
+            if rate and one:
+                out[f"streams{count}_vs_one_{metric}"] = rate / one
+        rate8 = by_streams.get(8, {}).get(key)
+        if rate8 and bare:
+            out[f"streams8_vs_bare_{metric}"] = rate8 / bare
+    if result.get("bare_batch"):
+        out["bare_batch8_vs_its_one_row"] = result["bare_batch"]["decode_tokens_per_s"] / result["bare_batch"]["single"]
+    for key in ("together", "concurrent"):
+        if result[key]:
+            out[f"worst_gap_over_median_{key}"] = max(max(r["max_gap_over_median"]) for r in result[key])
     for row in result["speculative"]:
         out[f"speculative_{row['prompt'].replace(' ', '_')}"] = row["ratio"]
     return out
