@@ -21,6 +21,7 @@ help:
 	@echo "make bench-sampling  per-token cost of the sampler on a Qwen-sized vocabulary (no model needed)"
 	@echo "make bench-grammar   per-token mask cost of llguidance vs outlines-core on the real Qwen tokenizer"
 	@echo "make bench-structured  decode tokens/s with a JSON-schema constraint vs without (BENCH_STRUCTURED_ARGS=--tiny)"
+	@echo "make bench-serving  prefix cache, 1-8 concurrent chats vs a bare static batch, speculative decoding, through the plugin (needs make models)"
 	@echo "make bench-coloc  chat LLM + embedder in one plugin process: defaults vs hand-tuned vs naive (needs make models)"
 	@echo "make soak         thousands of mixed requests + overload + injected faults through the plugin: lost, duplicated, misclassed, heartbeats, RSS (SOAK_ARGS=\"--models tiny\")"
 	@echo "make fixtures-check  rebuild the tiny test models and compare them byte for byte"

@@ -56,3 +56,12 @@ SOAK_ARGS ?=
 .PHONY: soak
 soak: setup
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# Serving (bench/serving.py, needs `make models`): multi-turn time to first token with and without the prefix
+# cache, 1/2/4/8 concurrent chats (together and 0.2 s apart) next to a bare static batch of 8, speculative
+# decoding on/off on a quoting and a free-writing prompt; all through the plugin process. JSON + PNG in
+# bench/results/serving.*; BENCH_SERVING_ARGS=--tiny for a smoke run on the fixtures.
+BENCH_SERVING_ARGS ?=
+.PHONY: bench-serving
+bench-serving: setup
+	$(PY) bench/serving.py $(BENCH_SERVING_ARGS)
