@@ -100,13 +100,16 @@ def prompt_messages(engine: Engine, profile: Any, target: int) -> tuple[list[Cha
 
 def engine_values(model_dir: Path, threads: int) -> dict[str, str]:
     """The engine's settings in every LLM benchmark run: `threads` intra-op threads, no pinning, spin-waiting, no
-    time limit."""
+    time limit, and — to compare like with like against the bare loop and llama.cpp — no prefix cache (a repeat
+    of the same prompt would skip its prefill) and no speculative decoding (`make bench-serving` measures both)."""
     return {
         "model_path": str(model_dir),
         "intra_op_threads": str(threads),
         "cpu_affinity": "none",
         "spin_wait": "on",
         "max_generation_seconds": "0",
+        "prefix_cache_mb": "0",
+        "speculative_decoding": "off",
     }
 
 

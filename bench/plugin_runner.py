@@ -40,6 +40,8 @@ class PluginBench:
             "cpu_affinity": "none",
             "spin_wait": "on",
             "max_generation_seconds": "0",
+            "prefix_cache_mb": "0",  # as bench/llm.py engine_values: like for like with the bare loop
+            "speculative_decoding": "off",
         }
         self.process = PluginProcess(sys.executable, REPO, env={"ONNX_LOCAL_MODEL_ROOTS": str(models_root.resolve())})
 
