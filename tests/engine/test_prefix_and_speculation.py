@@ -167,6 +167,21 @@ def test_drafts_come_from_the_latest_earlier_occurrence() -> None:
     assert drafter.length == 2
 
 
+def test_drafting_backs_off_while_drafts_are_rejected_and_probes_again() -> None:
+    from engine.generation.speculative import MIN_ACCEPTANCE, PROBE_EVERY
+
+    drafter = NgramDrafter(max_draft=4)
+    history = np.array([5, 6, 7, 8, 9, 1, 6, 7], dtype=np.int64)
+    while drafter.rate >= MIN_ACCEPTANCE:
+        assert drafter.propose(history, limit=10)
+        drafter.update(2, 0)
+    proposals = [drafter.propose(history, limit=10) for _ in range(PROBE_EVERY)]
+    assert proposals[:-1] == [[]] * (PROBE_EVERY - 1) and proposals[-1] == [8]  # a one-token probe
+    drafter.update(1, 1)
+    drafter.update(2, 2)
+    assert drafter.rate >= MIN_ACCEPTANCE and drafter.propose(history, limit=10) == [8, 9, 1, 6]
+
+
 @pytest.mark.parametrize(
     "params",
     [
