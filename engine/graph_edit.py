@@ -4,8 +4,8 @@ A graph whose weights are external data is edited in memory (only the graph is p
 ONNX Runtime reads the weights from the model's folder). A graph embedding more than CACHE_EMBEDDED_BYTES is
 edited once into the quantization cache with its weights as external data and loaded by path (re-serializing
 it for every load would hold a second copy of the weights); one embedding more than MAX_EMBEDDED_BYTES is not
-edited. The same strategy as generation's last-position edit (engine/generation/last_logits.py), which could
-move onto this module.
+edited. Generation's graph edits (engine/generation/last_logits.py, attention_rewrite.py) keep their own cache
+keys and save through `cached_with_external_data`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from engine.session_builder import EditedGraph
 
 log = logging.getLogger(__name__)
 
+# Graphs with their weights embedded are parsed and re-serialized whole; above this the transient copies (the
+# parsed graph, the bytes, ONNX Runtime's own copy) cost more memory than the edit is worth at load time.
 MAX_EMBEDDED_BYTES = 1 << 30
+# Graphs embedding more weights than this are edited once into the cache (external data) instead of in memory.
 CACHE_EMBEDDED_BYTES = 32 << 20
 
 
@@ -58,7 +61,15 @@ def edited_graph(path: Path, edit_id: str, edit: Callable[[onnx.ModelProto], boo
         return None
     if slot is None or embedded <= CACHE_EMBEDDED_BYTES:
         return EditedGraph(model.SerializeToString(), path.parent)
-    root, name, info = slot
+    edited = cached_with_external_data(model, *slot[:2], path.name, slot[2])
+    log.info("%s: edited graph kept in the cache (%s) with its weights as external data", path.name, edited.folder)
+    return edited
+
+
+def cached_with_external_data(
+    model: onnx.ModelProto, root: Path, name: str, main_file: str, info: dict[str, object]
+) -> EditedGraph:
+    """`model` saved as cache entry `name` (weights as external data beside it), to be loaded by path."""
 
     def save(output: Path) -> None:
         onnx.save_model(
@@ -70,6 +81,5 @@ def edited_graph(path: Path, edit_id: str, edit: Callable[[onnx.ModelProto], boo
             size_threshold=1024,
         )
 
-    saved, _ = build_entry(root, name, path.name, save, info)
-    log.info("%s: edited graph kept in the cache (%s) with its weights as external data", path.name, saved.parent)
+    saved, _ = build_entry(root, name, main_file, save, info)
     return EditedGraph(None, saved.parent, saved)

@@ -34,13 +34,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, uses_external_data
 
-from engine.generation.last_logits import (
-    CACHE_EMBEDDED_BYTES,
-    MAX_EMBEDDED_BYTES,
-    cached_with_external_data,
-    last_position_graph,
-    slice_last_position,
-)
+from engine.generation.last_logits import last_position_graph, slice_last_position
+from engine.graph_edit import CACHE_EMBEDDED_BYTES, MAX_EMBEDDED_BYTES, cached_with_external_data
 from engine.paths import metadata_path
 from engine.quantize_cache import cache_root, cached_file_hash, read_entry
 from engine.session_builder import EditedGraph

@@ -28,7 +28,8 @@ import onnx
 from onnx import TensorProto, helper
 from onnx.external_data_helper import uses_external_data
 
-from engine.quantize_cache import build_entry, cache_root, cached_file_hash, read_entry
+from engine.graph_edit import CACHE_EMBEDDED_BYTES, MAX_EMBEDDED_BYTES, cached_with_external_data
+from engine.quantize_cache import cache_root, cached_file_hash, read_entry
 from engine.session_builder import EditedGraph
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,9 @@ log = logging.getLogger(__name__)
 LOGITS = "logits"
 # Operators that project [batch, sequence, hidden] to [batch, sequence, vocab] with a constant weight.
 _PROJECTIONS = {"MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
-# Graphs with their weights embedded are parsed and re-serialized whole; above this the transient copies (the
-# parsed graph, the bytes, ONNX Runtime's own copy) cost more memory than the edit is worth at load time.
-MAX_EMBEDDED_BYTES = 1 << 30
-# Graphs embedding more weights than this are edited once into the cache (external data) instead of in memory.
-CACHE_EMBEDDED_BYTES = 32 << 20
 EDIT_VERSION = 2
 _SLICE_NAME = "onnx_local_last_position"
-# The edited graph's optional input: how many last positions get logits (int64 [1], default 1).
+# The edited graph's input: how many last positions get logits (int64 [1]; 1 outside speculative verification).
 LOGITS_COUNT = "onnx_local_logits_count"
 
 
@@ -89,25 +85,6 @@ def last_position_graph(path: Path) -> EditedGraph | None:
     edited = cached_with_external_data(model, root, name, path.name, info)
     log.info("%s: edited graph kept in the cache (%s) with its weights as external data", path.name, edited.folder)
     return edited
-
-
-def cached_with_external_data(
-    model: onnx.ModelProto, root: Path, name: str, main_file: str, info: dict[str, object]
-) -> EditedGraph:
-    """`model` saved as cache entry `name` (weights as external data beside it), to be loaded by path."""
-
-    def save(output: Path) -> None:
-        onnx.save_model(
-            model,
-            str(output),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=output.name + ".data",
-            size_threshold=1024,
-        )
-
-    saved, _ = build_entry(root, name, main_file, save, info)
-    return EditedGraph(None, saved.parent, saved)
 
 
 def slice_last_position(model: onnx.ModelProto, label: str) -> bool:
