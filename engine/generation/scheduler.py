@@ -299,11 +299,15 @@ class GenerationScheduler:
             self._expire_waiting(monotonic())
 
     def _start_waiting(self) -> None:
-        while self._inbox and len(self._active) < self.settings.max_concurrent_sequences:
+        # Starting a request renders its template and tokenizes its prompt on this thread (a few ms each): while
+        # answers stream, one start per step, so a burst of arrivals does not stall their tokens.
+        starts = 1 if any(not s.prefilling for s in self._active) else self.settings.max_concurrent_sequences
+        while self._inbox and len(self._active) < self.settings.max_concurrent_sequences and starts > 0:
             with self._lock:
                 request = self._inbox.popleft()
             if request.cancelled:
                 continue
+            starts -= 1
             try:
                 self._active.append(self._start(request))
             except EngineError as error:
