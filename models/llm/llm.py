@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -38,7 +38,7 @@ from pydantic import JsonValue
 
 from engine.errors import BadRequestError, EngineError, InferenceError
 from engine.generation.constraint import OutputFormat, parse_json_schema
-from engine.generation.events import Finished, GenerationParams, TextDelta, ToolCallDelta
+from engine.generation.events import Finished, GenerationEvent, GenerationParams, TextDelta, ToolCallDelta
 from engine.generation.loader import ModelTraits
 from engine.generation.sampling import SamplingParams
 from engine.model_config import DEFAULT_CONTEXT
@@ -142,6 +142,25 @@ def _dify_call(call: ToolCall) -> AssistantPromptMessage.ToolCall:
     )
 
 
+def _generate(
+    credentials: dict,
+    prompt_messages: list[PromptMessage],
+    model_parameters: dict,
+    tools: list[PromptMessageTool] | None,
+    stop: list[str] | None,
+    user: str | None,
+    json_schema: dict[str, JsonValue] | None = None,
+) -> Iterator[GenerationEvent]:
+    """The engine's event stream for one call (streamed, collected or polled), after the caller's rate check."""
+    engine().admit(user)
+    return engine().generate(
+        profile_for(credentials, ModelType.LLM),
+        to_engine_messages(prompt_messages),
+        to_params(model_parameters, stop, json_schema),
+        to_engine_tools(tools),
+    )
+
+
 class OnnxLocalLargeLanguageModel(LargeLanguageModel):
     def _invoke(
         self,
@@ -154,14 +173,7 @@ class OnnxLocalLargeLanguageModel(LargeLanguageModel):
         stream: bool = True,
         user: str | None = None,
     ) -> LLMResult | Generator[LLMResultChunk, None, None]:
-        engine().admit(user)
-        profile = profile_for(credentials, ModelType.LLM)
-        events = engine().generate(
-            profile,
-            to_engine_messages(prompt_messages),
-            to_params(model_parameters, stop),
-            to_engine_tools(tools),
-        )
+        events = _generate(credentials, prompt_messages, model_parameters, tools, stop, user)
         if stream:
             return self._stream(model, events)
         return self._collect(model, prompt_messages, events)
@@ -180,14 +192,7 @@ class OnnxLocalLargeLanguageModel(LargeLanguageModel):
         json_schema: dict[str, JsonValue] | None = None,
     ) -> LLMPollingResult:
         """A generation that may outlast the request timeouts: started here, collected by _check_polling."""
-        engine().admit(user)
-        profile = profile_for(credentials, ModelType.LLM)
-        events = engine().generate(
-            profile,
-            to_engine_messages(prompt_messages),
-            to_params(model_parameters, stop, json_schema),
-            to_engine_tools(tools),
-        )
+        events = _generate(credentials, prompt_messages, model_parameters, tools, stop, user, json_schema)
         return LLMPollingResult(
             status=LLMPollingStatus.RUNNING,
             plugin_state={"job": _JOBS.start(events)},
