@@ -455,7 +455,7 @@ class GenerationScheduler:
     def _speculate(self, sequence: _Sequence) -> bool:
         """One decode step with drafts from the sequence's own history, verified in one run; False when there is
         no draft to check (the caller then decodes one token)."""
-        if sequence.drafter is None or sequence.plain_next:
+        if sequence.drafter is None or sequence.plain_next or not sequence.drafter.drafting():
             sequence.plain_next = False
             return False
         cache = sequence.cache

@@ -53,18 +53,22 @@ class NgramDrafter:
         self.rate = 0.5  # running fraction of draft tokens accepted (optimistic at first)
         self._idle_steps = 0  # steps without drafting since the rate fell below MIN_ACCEPTANCE
 
+    def drafting(self) -> bool:
+        """Whether to look for drafts this step: always while they pay off; else once every PROBE_EVERY steps."""
+        if self.rate >= MIN_ACCEPTANCE:
+            return True
+        self._idle_steps += 1
+        if self._idle_steps < PROBE_EVERY:
+            return False
+        self._idle_steps = 0
+        return True
+
     def propose(self, history: np.ndarray, limit: int) -> list[int]:
         """Up to min(self.length, limit) tokens that followed the latest earlier occurrence of the history's last
-        n-gram (n from MAX_NGRAM down to MIN_NGRAM); [] when none, or while drafts have not been paying off."""
-        count = min(self.length, limit)
+        n-gram (n from MAX_NGRAM down to MIN_NGRAM); [] when none. Call it when `drafting()` says so."""
+        count = min(self.length if self.rate >= MIN_ACCEPTANCE else 1, limit)  # a probe checks one token
         if count <= 0 or history.shape[0] <= MIN_NGRAM:
             return []
-        if self.rate < MIN_ACCEPTANCE:
-            self._idle_steps += 1
-            if self._idle_steps < PROBE_EVERY:
-                return []
-            self._idle_steps = 0
-            count = 1  # a cheap probe
         window = history[-SEARCH_WINDOW:]
         end = window.shape[0]
         for n in range(min(MAX_NGRAM, end - 1), MIN_NGRAM - 1, -1):

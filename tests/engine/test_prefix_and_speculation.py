@@ -173,13 +173,15 @@ def test_drafting_backs_off_while_drafts_are_rejected_and_probes_again() -> None
     drafter = NgramDrafter(max_draft=4)
     history = np.array([5, 6, 7, 8, 9, 1, 6, 7], dtype=np.int64)
     while drafter.rate >= MIN_ACCEPTANCE:
-        assert drafter.propose(history, limit=10)
+        assert drafter.drafting() and drafter.propose(history, limit=10)
         drafter.update(2, 0)
-    proposals = [drafter.propose(history, limit=10) for _ in range(PROBE_EVERY)]
-    assert proposals[:-1] == [[]] * (PROBE_EVERY - 1) and proposals[-1] == [8]  # a one-token probe
+    turns = [drafter.drafting() for _ in range(PROBE_EVERY)]
+    assert turns == [False] * (PROBE_EVERY - 1) + [True]
+    assert drafter.propose(history, limit=10) == [8]  # a one-token probe
     drafter.update(1, 1)
     drafter.update(2, 2)
-    assert drafter.rate >= MIN_ACCEPTANCE and drafter.propose(history, limit=10) == [8, 9, 1, 6]
+    assert drafter.drafting() and drafter.rate >= MIN_ACCEPTANCE
+    assert drafter.propose(history, limit=10) == [8, 9, 1, 6]
 
 
 @pytest.mark.parametrize(
